@@ -1,0 +1,32 @@
+"""The `cairn` command line.
+
+Each command group lives next to the code it drives and exposes
+`register(subparsers)`; this module only assembles them, so adding a command
+never means editing another service's file. Command modules import heavy
+dependencies (torch, ray) inside their handlers to keep `cairn --help` fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+COMMAND_MODULES: tuple[str, ...] = ()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cairn", description="cairn LLM platform")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for module in COMMAND_MODULES:
+        importlib.import_module(module).register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
