@@ -27,6 +27,9 @@ class NewSequence:
     token_ids: list[int]
     num_prompt_tokens: int
     sampling: SamplingParams
+    # A forked sample (n > 1) starts from its parent's worker-side state and
+    # block table; token_ids then repeat the parent's tokens.
+    parent_seq_id: int | None = None
 
 
 @dataclass
@@ -56,6 +59,9 @@ class StepInput:
     new_seqs: list[NewSequence] = field(default_factory=list)
     scheduled: list[ScheduledSeq] = field(default_factory=list)
     finished_seq_ids: list[int] = field(default_factory=list)
+    # (src_block, dst_block) pairs to copy in every layer before the forward:
+    # copy-on-write for forked sequences (n > 1) whose shared last block diverges.
+    block_copies: list[tuple[int, int]] = field(default_factory=list)
     num_steps: int = 1
 
 
