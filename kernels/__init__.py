@@ -1,0 +1,29 @@
+"""Model kernels: Triton on CUDA/XPU, pure torch elsewhere (see kernels/README.md).
+
+Paged KV cache per layer: `[num_blocks, block_size, num_kv_heads, head_dim]`,
+slot = block_id * block_size + offset. Tokens are packed without padding.
+"""
+
+from cairn.kernels.dispatch import (
+    apply_rotary,
+    force_reference,
+    paged_decode_attention,
+    prefill_attention,
+    reference_forced,
+    rms_norm,
+    silu_and_mul,
+    write_kv_cache,
+)
+from cairn.kernels.rope_cache import build_rope_cache
+
+__all__ = [
+    "apply_rotary",
+    "build_rope_cache",
+    "force_reference",
+    "paged_decode_attention",
+    "prefill_attention",
+    "reference_forced",
+    "rms_norm",
+    "silu_and_mul",
+    "write_kv_cache",
+]

@@ -1,0 +1,126 @@
+"""Picks the implementation per call: Triton on CUDA/XPU tensors, the torch reference elsewhere.
+
+`CAIRN_KERNELS=reference` (read at import) or `force_reference(True)` sends
+every call to the reference, e.g. to bisect a numerical difference on a GPU.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import os
+from types import ModuleType, TracebackType
+
+import torch
+from cairn.kernels import reference
+
+from cairn.common.errors import InvalidArgument
+
+_TRITON_DEVICE_TYPES = ("cuda", "xpu")
+_MODES = ("auto", "reference")
+
+_mode = os.environ.get("CAIRN_KERNELS", "auto").strip().lower() or "auto"
+if _mode not in _MODES:
+    raise InvalidArgument(f"CAIRN_KERNELS must be one of {_MODES}, got {_mode!r}")
+_forced = _mode == "reference"
+
+
+class force_reference:
+    """`force_reference(True)` sets the switch; `with force_reference():` sets it for a block."""
+
+    def __init__(self, enabled: bool = True) -> None:
+        global _forced
+        self._previous = _forced
+        _forced = enabled
+
+    def __enter__(self) -> force_reference:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        global _forced
+        _forced = self._previous
+
+
+def reference_forced() -> bool:
+    return _forced
+
+
+@functools.cache
+def _triton_ops() -> ModuleType | None:
+    if importlib.util.find_spec("triton") is None:
+        return None
+    from cairn.kernels import triton_ops
+
+    return triton_ops
+
+
+def _impl(tensor: torch.Tensor) -> ModuleType:
+    if _forced or tensor.device.type not in _TRITON_DEVICE_TYPES:
+        return reference
+    return _triton_ops() or reference
+
+
+def rms_norm(
+    x: torch.Tensor, weight: torch.Tensor, eps: float, residual: torch.Tensor | None = None
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """x * rsqrt(mean(x^2) + eps) * weight in fp32, cast to x.dtype.
+
+    With `residual`: h = x + residual, returns (rms_norm(h) * weight, h).
+    """
+    return _impl(x).rms_norm(x, weight, eps, residual)
+
+
+def silu_and_mul(x: torch.Tensor) -> torch.Tensor:
+    """[..., 2*I] -> silu(x[..., :I]) * x[..., I:]."""
+    return _impl(x).silu_and_mul(x)
+
+
+def apply_rotary(
+    q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor, rope_cache: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rotate q [T, Hq, D] and k [T, Hk, D] at `positions` [T] (NeoX rotate_half style).
+
+    The Triton path rotates in place and returns the same tensors: use the
+    return values and do not rely on the inputs staying unchanged.
+    """
+    return _impl(q).apply_rotary(q, k, positions, rope_cache)
+
+
+def write_kv_cache(
+    k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, slot_mapping: torch.Tensor
+) -> None:
+    """Store k, v [T, Hk, D] at slots block_id * block_size + offset; a negative slot is skipped."""
+    _impl(k).write_kv_cache(k, v, k_cache, v_cache, slot_mapping)
+
+
+def paged_decode_attention(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    block_tables: torch.Tensor,
+    seq_lens: torch.Tensor,
+    scale: float,
+) -> torch.Tensor:
+    """One query per sequence (its last position) over its `seq_lens[b]` cached tokens -> [B, Hq, D].
+
+    A row with seq_len 0 yields zeros.
+    """
+    return _impl(q).paged_decode_attention(q, k_cache, v_cache, block_tables, seq_lens, scale)
+
+
+def prefill_attention(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    block_tables: torch.Tensor,
+    query_start_loc: torch.Tensor,
+    seq_lens: torch.Tensor,
+    scale: float,
+) -> torch.Tensor:
+    """Causal attention of packed query chunks over their cached context -> [T, Hq, D].
+
+    Sequence s's queries are the last q_len_s of its seq_lens[s] context positions.
+    """
+    return _impl(q).prefill_attention(q, k_cache, v_cache, block_tables, query_start_loc, seq_lens, scale)

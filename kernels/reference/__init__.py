@@ -1,0 +1,16 @@
+"""Pure-torch kernels: the CPU path of the engine and the oracle for the Triton kernels."""
+
+from cairn.kernels.reference.activation import silu_and_mul
+from cairn.kernels.reference.attention import paged_decode_attention, prefill_attention
+from cairn.kernels.reference.kv_cache import write_kv_cache
+from cairn.kernels.reference.norm import rms_norm
+from cairn.kernels.reference.rotary import apply_rotary
+
+__all__ = [
+    "apply_rotary",
+    "paged_decode_attention",
+    "prefill_attention",
+    "rms_norm",
+    "silu_and_mul",
+    "write_kv_cache",
+]
