@@ -26,7 +26,8 @@ if _version_not_supported:
 
 
 class RegistryStub:
-    """Missing associated documentation comment in .proto file."""
+    """Models, versions, artifacts, aliases and lineage.
+    """
 
     def __init__(self, channel):
         """Constructor.
@@ -102,7 +103,8 @@ class RegistryStub:
 
 
 class RegistryServicer:
-    """Missing associated documentation comment in .proto file."""
+    """Models, versions, artifacts, aliases and lineage.
+    """
 
     def CreateModel(self, request, context):
         """Create a model entry. ALREADY_EXISTS if the name is taken.
@@ -277,7 +279,8 @@ def add_RegistryServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class Registry:
-    """Missing associated documentation comment in .proto file."""
+    """Models, versions, artifacts, aliases and lineage.
+    """
 
     @staticmethod
     def CreateModel(request,

@@ -26,7 +26,8 @@ if _version_not_supported:
 
 
 class WorkerStub:
-    """Missing associated documentation comment in .proto file."""
+    """One model replica's executor: weights, KV cache, forward and sampling.
+    """
 
     def __init__(self, channel):
         """Constructor.
@@ -67,7 +68,8 @@ class WorkerStub:
 
 
 class WorkerServicer:
-    """Missing associated documentation comment in .proto file."""
+    """One model replica's executor: weights, KV cache, forward and sampling.
+    """
 
     def LoadModel(self, request, context):
         """Load weights, profile peak activation memory with a dummy batch of the
@@ -155,7 +157,8 @@ def add_WorkerServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class Worker:
-    """Missing associated documentation comment in .proto file."""
+    """One model replica's executor: weights, KV cache, forward and sampling.
+    """
 
     @staticmethod
     def LoadModel(request,
