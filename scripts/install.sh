@@ -9,5 +9,8 @@ PY=${PYTHON:-python3}
 extras=${1:-}
 spec="."
 [ -n "$extras" ] && spec=".[$extras]"
-.venv/bin/python -m pip install -q --upgrade pip >/dev/null
-.venv/bin/python -m pip install -q -c "${CAIRN_CONSTRAINTS:-constraints/cpu.txt}" -e "$spec"
+# Some machines list local wheel folders as extra indexes; pip warns once per
+# package about the missing ones. That noise is dropped, real errors are not.
+quiet() { "$@" 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2); }
+quiet .venv/bin/python -m pip install -q --upgrade pip >/dev/null
+quiet .venv/bin/python -m pip install -q -c "${CAIRN_CONSTRAINTS:-constraints/cpu.txt}" -e "$spec"
