@@ -71,9 +71,20 @@ class Cancelled(CairnError):
     http_status = 499
 
 
+class DeadlineExceeded(CairnError):
+    code = grpc.StatusCode.DEADLINE_EXCEEDED
+    http_status = 504
+
+
 _BY_CODE = {cls.code: cls for cls in CairnError.__subclasses__()}
 
 
 def from_status(code: grpc.StatusCode, message: str) -> CairnError:
-    """The client-side inverse: rebuild the typed error from an RpcError's status."""
-    return _BY_CODE.get(code, CairnError)(message)
+    """The client-side inverse: rebuild the typed error from an RpcError's status.
+
+    Codes without a class of their own (UNKNOWN, UNIMPLEMENTED, ...) keep their
+    code on a plain CairnError, so re-raising passes the status on unchanged.
+    """
+    error = _BY_CODE.get(code, CairnError)(message)
+    error.code = code
+    return error
