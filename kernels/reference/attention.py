@@ -30,14 +30,18 @@ def paged_decode_attention(
     tables = block_tables[:, :num_table_blocks].long().clamp(0, num_blocks - 1)
     keys, values = _gather(k_cache, tables), _gather(v_cache, tables)
     positions = torch.arange(keys.shape[2], device=q.device)
-    empty = seq_lens == 0
-    # Rows with nothing cached (CUDA-graph padding) attend to everything and
-    # are zeroed afterwards, so softmax never sees an all-masked row.
-    mask = (positions[None, :] < seq_lens[:, None]) | empty[:, None]
+    visible = positions[None, :] < seq_lens[:, None]
+    # Slots past a sequence's end hold whatever the cache had, NaN included;
+    # zero them, since a masked-out probability of 0 times NaN is still NaN.
+    hidden = ~visible[:, None, :, None]
+    keys, values = keys.masked_fill(hidden, 0.0), values.masked_fill(hidden, 0.0)
+    # An empty row (CUDA-graph padding) attends uniformly over zeroed slots and
+    # so yields zeros instead of the NaN of an all-masked softmax.
+    mask = visible | (seq_lens == 0)[:, None]
     out = F.scaled_dot_product_attention(
         q.float().unsqueeze(2), keys, values, attn_mask=mask[:, None, None, :], scale=scale, enable_gqa=True
-    ).squeeze(2)
-    return out.masked_fill(empty[:, None, None], 0.0).to(q.dtype)
+    )
+    return out.squeeze(2).to(q.dtype)
 
 
 def prefill_attention(
