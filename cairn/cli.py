@@ -12,7 +12,7 @@ import argparse
 import importlib
 import sys
 
-COMMAND_MODULES: tuple[str, ...] = ()
+COMMAND_MODULES: tuple[str, ...] = ("cairn.tiny.cli",)
 
 
 def build_parser() -> argparse.ArgumentParser:
