@@ -47,34 +47,35 @@ def _with_request_id(metadata: Any) -> tuple[tuple[str, Any], ...] | None:
     return (*pairs, (REQUEST_ID_HEADER, rid))
 
 
-class _AioRequestIdInterceptor(
-    grpc.aio.UnaryUnaryClientInterceptor,
-    grpc.aio.UnaryStreamClientInterceptor,
-    grpc.aio.StreamUnaryClientInterceptor,
-    grpc.aio.StreamStreamClientInterceptor,
-):
-    @staticmethod
-    def _details(details: grpc.aio.ClientCallDetails) -> grpc.aio.ClientCallDetails:
-        pairs = _with_request_id(details.metadata)
-        if pairs is None:
-            return details
-        return details._replace(metadata=grpc.aio.Metadata.from_tuple(pairs))
+def _aio_details(details: grpc.aio.ClientCallDetails) -> grpc.aio.ClientCallDetails:
+    pairs = _with_request_id(details.metadata)
+    if pairs is None:
+        return details
+    return details._replace(metadata=grpc.aio.Metadata.from_tuple(pairs))
 
+
+# grpc.aio files each interceptor under the first call shape it implements, so
+# covering all four shapes takes one object per shape.
+class _AioUnaryUnary(grpc.aio.UnaryUnaryClientInterceptor):
     async def intercept_unary_unary(self, continuation: Any, client_call_details: Any, request: Any) -> Any:
-        return await continuation(self._details(client_call_details), request)
+        return await continuation(_aio_details(client_call_details), request)
 
+
+class _AioUnaryStream(grpc.aio.UnaryStreamClientInterceptor):
     async def intercept_unary_stream(self, continuation: Any, client_call_details: Any, request: Any) -> Any:
-        return await continuation(self._details(client_call_details), request)
+        return await continuation(_aio_details(client_call_details), request)
 
-    async def intercept_stream_unary(
-        self, continuation: Any, client_call_details: Any, request_iterator: Any
-    ) -> Any:
-        return await continuation(self._details(client_call_details), request_iterator)
 
+class _AioStreamUnary(grpc.aio.StreamUnaryClientInterceptor):
+    async def intercept_stream_unary(self, continuation: Any, client_call_details: Any, requests: Any) -> Any:
+        return await continuation(_aio_details(client_call_details), requests)
+
+
+class _AioStreamStream(grpc.aio.StreamStreamClientInterceptor):
     async def intercept_stream_stream(
-        self, continuation: Any, client_call_details: Any, request_iterator: Any
+        self, continuation: Any, client_call_details: Any, requests: Any
     ) -> Any:
-        return await continuation(self._details(client_call_details), request_iterator)
+        return await continuation(_aio_details(client_call_details), requests)
 
 
 class _SyncCallDetails(
@@ -175,7 +176,7 @@ def make_channel(
         else None
     )
     if aio:
-        interceptors = [_AioRequestIdInterceptor()]
+        interceptors = [_AioUnaryUnary(), _AioUnaryStream(), _AioStreamUnary(), _AioStreamStream()]
         if credentials is None:
             return grpc.aio.insecure_channel(target, options=opts, interceptors=interceptors)
         return grpc.aio.secure_channel(target, credentials, options=opts, interceptors=interceptors)

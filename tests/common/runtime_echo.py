@@ -18,10 +18,17 @@ import grpc
 import grpc.aio
 
 from cairn.common.channel import make_channel
+from cairn.common.config import ServiceConfig
 from cairn.common.errors import NotFound
 from cairn.common.server import GrpcService
 
 SERVICE = "cairn.test.Echo"
+
+
+class EchoConfig(ServiceConfig):
+    service_name = "echo"
+
+
 logger = logging.getLogger("cairn.test.echo")
 
 
