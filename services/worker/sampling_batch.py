@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from itertools import chain
 
 import torch
+
 from cairn.services.worker import rng
 from cairn.services.worker.sampling_params import SamplingParams
 
@@ -198,8 +199,14 @@ def _token_counts(
     token_lists: Sequence[Sequence[int]],
     device: torch.device | str,
 ) -> torch.Tensor:
-    """[num_rows, vocab_size] float32: how often each row's lists hold each token."""
+    """[num_rows, vocab_size] float32: how often each row's lists hold each token.
+
+    Ids past the logits' vocabulary (an embedding table larger than the LM
+    head) cannot be sampled, so they are dropped rather than indexed.
+    """
     row_index, token_ids = _flat(rows, token_lists)
+    in_vocab = token_ids < vocab_size
+    row_index, token_ids = row_index[in_vocab], token_ids[in_vocab]
     counts = torch.zeros(num_rows, vocab_size, dtype=_FLOAT, device=device)
     ones = torch.ones(len(token_ids), dtype=_FLOAT, device=device)
     return counts.index_put_((row_index.to(device), token_ids.to(device)), ones, accumulate=True)
