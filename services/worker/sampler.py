@@ -23,6 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+
 from cairn.services.worker import rng
 from cairn.services.worker.sampling_batch import SamplingBatch
 
