@@ -25,7 +25,7 @@ import typing
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Literal, TypeVar
+from typing import Annotated, Any, ClassVar, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -39,20 +39,31 @@ _DEST_PREFIX = "cairn_config:"
 _CONFIG_FILE_DEST = _DEST_PREFIX + "<file>"
 
 
+# Services redeclare `port` and `metrics_port` with their own defaults; these
+# keep the range check and the help text when they do.
+GrpcPort = Annotated[int, Field(ge=0, le=65535, description="gRPC port; 0 binds an ephemeral port")]
+MetricsPort = Annotated[
+    int, Field(ge=0, le=65535, description="Prometheus and /healthz HTTP port; 0 disables")
+]
+
+
 class ConfigError(ValueError):
     """A configuration problem, worded for the person who wrote the config."""
 
 
 class ServiceConfig(BaseModel):
-    """Settings every service has. Subclasses set `service_name` and add their own fields."""
+    """Settings every service has. Subclasses set `service_name` and add their own fields.
+
+    A subclass overrides a default by redeclaring the field, e.g. `port: GrpcPort = 50055`.
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     service_name: ClassVar[str] = "service"
 
     host: str = Field("127.0.0.1", description="address to bind (0.0.0.0 or :: in a cluster)")
-    port: int = Field(0, ge=0, le=65535, description="gRPC port; 0 binds an ephemeral port")
-    metrics_port: int = Field(0, ge=0, le=65535, description="Prometheus and /healthz HTTP port; 0 disables")
+    port: GrpcPort = 0
+    metrics_port: MetricsPort = 0
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
     log_format: Literal["json", "text"] = "json"
     tls_cert: Path | None = Field(None, description="PEM server certificate chain; enables TLS")
@@ -177,7 +188,8 @@ def add_config_arguments(
         help=f"YAML config file (env {prefix}CONFIG)",
     )
     for leaf in _schema_leaves(schema, prefix):
-        help_text = f"{leaf.help} [env {leaf.env_name(prefix)}]".strip()
+        # argparse %-formats help strings; a literal % in a description must survive.
+        help_text = f"{leaf.help} [env {leaf.env_name(prefix)}]".strip().replace("%", "%%")
         if leaf.is_bool:
             group.add_argument(
                 leaf.flag,
@@ -331,7 +343,10 @@ def _assign(
 
 def _describe(error: Mapping[str, Any], sources: dict[tuple[str, ...], str], env_prefix: str) -> str:
     loc = tuple(str(part) for part in error["loc"])
-    message = str(error["msg"]).removeprefix("Value error, ").replace("Input should be", "expected", 1)
+    message = str(error["msg"]).removeprefix("Value error, ").replace("Input should be ", "expected ", 1)
+    message = message.replace("expected greater", "expected a value greater").replace(
+        "expected less", "expected a value less"
+    )
     if error["type"] == "missing":
         leaf = _Leaf(loc, None, "")
         return (
