@@ -1,0 +1,90 @@
+"""Finds a model directory and streams its HF safetensors checkpoint onto the device.
+
+Parameters are allocated once, uninitialized, on the target device; the
+checkpoint is then read shard by shard through safetensors' memory map and
+each tensor is copied (and cast) straight into its parameter, so no second
+full copy of the weights ever exists in host or device memory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+
+from cairn.common.errors import InvalidArgument, NotFound
+from cairn.services.worker.models import MODEL_CLASSES, LlamaForCausalLM, ModelConfig
+
+_INDEX = "model.safetensors.index.json"
+_SINGLE = "model.safetensors"
+
+
+def resolve_model_path(ref_or_dir: str | Path, cache_dir: Path | None = None) -> Path:
+    """A local directory as is; a registry reference pulled into `cache_dir` first."""
+    text = str(ref_or_dir)
+    path = Path(text).expanduser()
+    if path.is_dir():
+        return path
+    if text.startswith(("/", "./", "../", "~")) or path.exists():
+        raise NotFound(f"model directory {text} does not exist")
+    from cairn.services.registry.client import pull_model
+
+    return pull_model(text, cache_dir)
+
+
+def checkpoint_files(model_dir: Path) -> list[Path]:
+    index = model_dir / _INDEX
+    if index.is_file():
+        names = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        files = [model_dir / name for name in names]
+        absent = [f.name for f in files if not f.is_file()]
+        if absent:
+            raise NotFound(f"{index} names shards that are not there: {absent}")
+        return files
+    if (model_dir / _SINGLE).is_file():
+        return [model_dir / _SINGLE]
+    raise InvalidArgument(f"{model_dir} holds no {_SINGLE} or {_INDEX} (only safetensors checkpoints load)")
+
+
+def iter_checkpoint_tensors(files: list[Path]) -> Iterator[tuple[str, torch.Tensor]]:
+    """(name, CPU tensor backed by the file's memory map), one shard open at a time."""
+    for file in files:
+        with safe_open(file, framework="pt") as shard:
+            for name in shard.keys():  # noqa: SIM118 - safe_open is not a mapping
+                yield name, shard.get_tensor(name)
+
+
+@contextlib.contextmanager
+def _default_dtype(dtype: torch.dtype) -> Iterator[None]:
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(previous)
+
+
+def build_model(
+    config: ModelConfig, device: torch.device, dtype: torch.dtype, max_position: int
+) -> LlamaForCausalLM:
+    """The model with uninitialized weights on `device`, ready for `load_weights`."""
+    with torch.device("meta"), _default_dtype(dtype):
+        model = MODEL_CLASSES[config.architecture](config)
+    model.to_empty(device=device)
+    # to_empty swaps in new Parameters, which unties shared ones.
+    model.tie_weights()
+    model.init_rope_cache(max_position)
+    return model.eval().requires_grad_(False)
+
+
+def load_model(
+    model_dir: Path, config: ModelConfig, device: torch.device, dtype: torch.dtype, max_position: int
+) -> LlamaForCausalLM:
+    model = build_model(config, device, dtype, max_position)
+    with torch.no_grad():
+        model.load_weights(iter_checkpoint_tensors(checkpoint_files(model_dir)))
+    return model

@@ -1,0 +1,361 @@
+"""Executes the scheduler's steps on one device: weights, KV cache, forward, sampling.
+
+The runner keeps each live sequence's tokens and block table between steps
+(`SequenceTable`), so a `StepInput` carries only deltas (see `step.py`). It
+holds no policy: it checks a step is executable (known sequences, blocks in
+range and covering every slot, budgets respected) and runs exactly that.
+
+Forked sequences (`parent_seq_id`) inherit the parent's *full* blocks for
+their tokens; the scheduler appends the fork's own tail block (usually the
+copy-on-write destination of a `block_copies` pair) through `new_block_ids`.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import torch
+
+from cairn.common.errors import FailedPrecondition, InvalidArgument
+from cairn.services.worker.cuda_graphs import DecodeGraphs
+from cairn.services.worker.engine_config import EngineConfig
+from cairn.services.worker.input_batch import HostBatch, InputBatchBuilder
+from cairn.services.worker.kv_cache import KVCache, accelerator_kv_budget, num_blocks_for
+from cairn.services.worker.loader import load_model, resolve_model_path
+from cairn.services.worker.models import LlamaForCausalLM, ModelConfig
+from cairn.services.worker.sampler import Sampler, SamplerOutput, SamplingBatch, prompt_logprobs
+from cairn.services.worker.sampling_params import SamplingParams
+from cairn.services.worker.sequence_table import SeqState, SequenceTable
+from cairn.services.worker.step import (
+    NewSequence,
+    SampledToken,
+    ScheduledSeq,
+    SeqOutput,
+    StepInput,
+    StepOutput,
+    TokenLogprob,
+)
+
+log = logging.getLogger(__name__)
+
+
+class ModelRunner:
+    def __init__(self, config: EngineConfig) -> None:
+        self.config = config
+        self.device = config.torch_device()
+        self.block_size = config.block_size
+        self.sampler = Sampler()
+        self.model: LlamaForCausalLM | None = None
+        self.kv_cache: KVCache | None = None
+        self.graphs: DecodeGraphs | None = None
+        self.num_blocks = 0
+        self.weight_bytes = 0
+        self.peak_activation_bytes = 0
+
+    # -- setup ---------------------------------------------------------------------------------
+
+    def load(self) -> None:
+        config = self.config
+        if self.model is not None:
+            raise FailedPrecondition("a model is already loaded on this worker")
+        self.model_dir = resolve_model_path(config.model, config.model_cache_dir)
+        self.model_config = model_config = ModelConfig.from_dir(self.model_dir)
+        self.dtype = config.torch_dtype(model_config.checkpoint_dtype, self.device)
+        limit = model_config.max_model_len
+        if config.max_model_len is not None and config.max_model_len > limit:
+            raise InvalidArgument(
+                f"max_model_len {config.max_model_len} exceeds what the model supports ({limit})"
+            )
+        self.max_model_len = config.max_model_len or limit
+        self.eos_token_id = model_config.eos_token_ids[0] if model_config.eos_token_ids else None
+        torch.manual_seed(config.seed)
+        self.model = load_model(self.model_dir, model_config, self.device, self.dtype, self.max_model_len)
+        self.weight_bytes = sum(p.nbytes for p in self.model.parameters())
+        log.info(
+            "loaded %s (%s) on %s as %s: %.2f GiB of weights",
+            self.model_dir,
+            model_config.architecture,
+            self.device,
+            self.dtype,
+            self.weight_bytes / 2**30,
+        )
+
+    def profile_and_allocate_kv_cache(self) -> int:
+        """Sizes and allocates the KV cache (then captures CUDA graphs); returns the block count.
+
+        On an accelerator a full-size dummy step measures the peak activation
+        memory, and `gpu_memory_utilization` of the device minus that peak
+        goes to blocks. On the CPU the size is `cpu_kv_cache_gb`.
+        """
+        if self.model is None:
+            raise FailedPrecondition("load() the model before allocating the KV cache")
+        config, model_config = self.config, self.model_config
+        if config.num_blocks is not None:
+            num_blocks = config.num_blocks
+        elif self.device.type == "cpu":
+            num_blocks = num_blocks_for(
+                int(config.cpu_kv_cache_gb * 2**30), model_config, self.block_size, self.dtype
+            )
+        else:
+            num_blocks = self._profile_num_blocks()
+        self._allocate(num_blocks)
+        if self.device.type == "cuda" and not config.enforce_eager:
+            self.graphs = DecodeGraphs(
+                self.model, self.kv_cache.layers, config.max_num_seqs, self.table.max_blocks_per_seq
+            )
+            self.graphs.capture()
+        log.info(
+            "KV cache: %d blocks of %d tokens (%.2f GiB); CUDA graphs for batch sizes %s",
+            num_blocks,
+            self.block_size,
+            self.kv_cache.nbytes / 2**30,
+            self.cuda_graph_batch_sizes,
+        )
+        return num_blocks
+
+    @property
+    def kv_cache_bytes(self) -> int:
+        return 0 if self.kv_cache is None else self.kv_cache.nbytes
+
+    @property
+    def cuda_graph_batch_sizes(self) -> list[int]:
+        return [] if self.graphs is None else list(self.graphs.sizes)
+
+    def _allocate(self, num_blocks: int) -> None:
+        config = self.config
+        self.kv_cache = None
+        self.kv_cache = KVCache(self.model_config, num_blocks, self.block_size, self.dtype, self.device)
+        self.num_blocks = num_blocks
+        self.table = SequenceTable(
+            self.max_model_len, self.block_size, num_blocks, self.model_config.vocab_size, config.max_num_seqs
+        )
+        self.builder = InputBatchBuilder(
+            self.table, config.max_num_batched_tokens, config.max_num_seqs, self.device
+        )
+
+    def _profile_num_blocks(self) -> int:
+        """One step at the configured maximum (max_num_batched_tokens over max_num_seqs
+        sequences, each sampled with top-p) on a throwaway cache just big enough for it."""
+        config = self.config
+        num_seqs = min(config.max_num_seqs, config.max_num_batched_tokens)
+        per_seq = min(config.max_num_batched_tokens // num_seqs, self.max_model_len)
+        blocks_per_seq = -(-per_seq // self.block_size)
+        module = torch.get_device_module(self.device)
+        module.empty_cache()
+        module.reset_peak_memory_stats(self.device)
+        self._allocate(num_seqs * blocks_per_seq)
+        profile_bytes = self.kv_cache.nbytes
+        params = SamplingParams(temperature=1.0, top_p=0.9, max_tokens=1)
+        self.step(
+            StepInput(
+                new_seqs=[NewSequence(i, [0] * per_seq, per_seq, params) for i in range(num_seqs)],
+                scheduled=[
+                    ScheduledSeq(i, 0, per_seq, list(range(i * blocks_per_seq, (i + 1) * blocks_per_seq)))
+                    for i in range(num_seqs)
+                ],
+            )
+        )
+        module.synchronize(self.device)
+        self.peak_activation_bytes = (
+            module.max_memory_allocated(self.device) - profile_bytes - self.weight_bytes
+        )
+        self.kv_cache = None
+        module.empty_cache()
+        budget = accelerator_kv_budget(
+            self.device, config.gpu_memory_utilization, self.weight_bytes + self.peak_activation_bytes
+        )
+        log.info(
+            "profiled %d tokens in %d sequences: %.2f GiB peak activations, %.2f GiB left for KV blocks",
+            num_seqs * per_seq,
+            num_seqs,
+            self.peak_activation_bytes / 2**30,
+            budget / 2**30,
+        )
+        return num_blocks_for(budget, self.model_config, self.block_size, self.dtype)
+
+    # -- steps ---------------------------------------------------------------------------------
+
+    def free(self, seq_ids: list[int]) -> int:
+        """Forgets finished or aborted sequences; returns how many were known."""
+        return sum(self.table.remove(seq_id) for seq_id in seq_ids)
+
+    @torch.inference_mode()
+    def step(self, step: StepInput) -> StepOutput:
+        if self.kv_cache is None:
+            raise FailedPrecondition("the worker has no KV cache yet; load a model first")
+        self.free(step.finished_seq_ids)
+        for new in step.new_seqs:
+            self.table.add(new)
+        if step.block_copies:
+            self._copy_blocks(step.block_copies)
+        if not step.scheduled:
+            return StepOutput()
+        if step.num_steps < 1:
+            raise InvalidArgument(f"num_steps must be >= 1, got {step.num_steps}")
+        states, starts, counts, sample = self._admit(step.scheduled, step.num_steps)
+        if step.num_steps > 1:
+            return self._multi_step(states, starts, step.num_steps)
+        batch = self.builder.build(states, starts, counts, sample)
+        logits = self._logits(batch)
+        outputs: dict[int, SeqOutput] = {}
+        if batch.sampled:
+            rows = (
+                logits
+                if batch.sample_rows is None
+                else logits[torch.from_numpy(batch.sample_rows).to(self.device)]
+            )
+            result = self.sampler(rows, self._sampling_batch(batch.sampled))
+            for state, token in zip(batch.sampled, self._tokens(batch.sampled, result), strict=True):
+                self.table.append_token(state, token.token_id)
+                outputs[state.seq_id] = SeqOutput(state.seq_id, tokens=[token])
+        for span in batch.prompt_logprobs:
+            state = span.state
+            output = outputs.setdefault(state.seq_id, SeqOutput(state.seq_id))
+            output.prompt_logprobs = self._prompt_logprobs(
+                span.state, logits, span.logits_row, span.first_position, span.count
+            )
+        return StepOutput(list(outputs.values()))
+
+    def _copy_blocks(self, pairs: list[tuple[int, int]]) -> None:
+        flat = np.asarray(pairs, dtype=np.int64)
+        if flat.min() < 0 or flat.max() >= self.num_blocks:
+            raise InvalidArgument(f"block_copies must name blocks in [0, {self.num_blocks}), got {pairs[:5]}")
+        self.kv_cache.copy_blocks(pairs)
+
+    def _admit(
+        self, scheduled: list[ScheduledSeq], num_steps: int
+    ) -> tuple[list[SeqState], np.ndarray, np.ndarray, np.ndarray]:
+        """Checks the step against each sequence's state, then appends its new blocks."""
+        config, table = self.config, self.table
+        states = [table.get(s.seq_id) for s in scheduled]
+        if len(states) > config.max_num_seqs:
+            raise InvalidArgument(
+                f"{len(states)} sequences in one step; max_num_seqs is {config.max_num_seqs}"
+            )
+        if len({s.seq_id for s in scheduled}) != len(scheduled):
+            raise InvalidArgument("a sequence is scheduled twice in one step")
+        count = len(scheduled)
+        starts = np.fromiter((s.num_computed_tokens for s in scheduled), dtype=np.int64, count=count)
+        counts = np.fromiter((s.num_scheduled_tokens for s in scheduled), dtype=np.int64, count=count)
+        sample = np.fromiter((s.sample for s in scheduled), dtype=bool, count=count)
+        known = np.fromiter((s.num_tokens for s in states), dtype=np.int64, count=count)
+        blocks = np.fromiter(
+            (st.num_blocks + len(s.new_block_ids) for st, s in zip(states, scheduled, strict=True)),
+            dtype=np.int64,
+            count=count,
+        )
+        ends = starts + counts
+        # The last of num_steps tokens is sampled, never computed: its slot is not needed.
+        last_slot = ends + num_steps - 1
+        problems = [
+            (starts < 0, "num_computed_tokens is negative"),
+            (counts < 1, "num_scheduled_tokens must be >= 1"),
+            (ends > known, "schedules tokens the worker does not have"),
+            (last_slot > self.max_model_len, f"would pass max_model_len ({self.max_model_len})"),
+            (blocks * self.block_size < last_slot, "has too few blocks for the tokens scheduled"),
+            (sample & (ends != known), "samples before the end of its known tokens"),
+        ]
+        if num_steps > 1:
+            problems.append(
+                (~sample | (counts != 1), "is not a sampled decode, which multi-step decode needs")
+            )
+        for bad, message in problems:
+            if bad.any():
+                seq_id = scheduled[int(np.argmax(bad))].seq_id
+                raise InvalidArgument(f"sequence {seq_id} {message}")
+        if (num_tokens := int(counts.sum())) > config.max_num_batched_tokens:
+            limit = config.max_num_batched_tokens
+            raise InvalidArgument(f"{num_tokens} tokens in one step; max_num_batched_tokens is {limit}")
+        for state, s in zip(states, scheduled, strict=True):
+            if s.new_block_ids:
+                table.append_blocks(state, s.new_block_ids)
+        return states, starts, counts, sample
+
+    def _logits(self, batch: HostBatch, input_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits [N, vocab] float32 of the rows that need them (`batch.logits_indices`)."""
+        model = self.model
+        graphs = self.graphs
+        if graphs is not None and batch.logits_indices is None and graphs.fits(batch):
+            return model.compute_logits(graphs.run(batch, input_ids))
+        inputs = self.builder.upload(batch)
+        if input_ids is not None:
+            inputs.input_ids.copy_(input_ids)
+        hidden = model(inputs.input_ids, inputs.positions, inputs.meta, self.kv_cache.layers)
+        if inputs.logits_indices is not None:
+            hidden = hidden[inputs.logits_indices]
+        return model.compute_logits(hidden)
+
+    def _multi_step(self, states: list[SeqState], starts: np.ndarray, num_steps: int) -> StepOutput:
+        """num_steps decodes in one call. When sampling is a plain argmax the
+        tokens stay on the device, fed back into the next step's input, and
+        reach the host once at the end; otherwise each step's tokens come back
+        so penalties and seeds see them."""
+        ones = np.ones(len(states), dtype=np.int64)
+        flags = ones.astype(bool)
+        sampling = self._sampling_batch(states)
+        outputs = [SeqOutput(s.seq_id) for s in states]
+        if sampling.argmax_only:
+            previous = None
+            device_tokens = []
+            for k in range(num_steps):
+                batch = self.builder.build(states, starts + k, ones, flags)
+                previous = self._logits(batch, previous).argmax(dim=-1)
+                device_tokens.append(previous)
+            for i, row in enumerate(torch.stack(device_tokens, dim=1).tolist()):
+                for token in row:
+                    self.table.append_token(states[i], token)
+                outputs[i].tokens = [SampledToken(t) for t in row]
+            return StepOutput(outputs)
+        for k in range(num_steps):
+            if k:
+                sampling = self._sampling_batch(states)
+            result = self.sampler(self._logits(self.builder.build(states, starts + k, ones, flags)), sampling)
+            for state, output, token in zip(states, outputs, self._tokens(states, result), strict=True):
+                self.table.append_token(state, token.token_id)
+                output.tokens.append(token)
+        return StepOutput(outputs)
+
+    # -- sampling ------------------------------------------------------------------------------
+
+    def _sampling_batch(self, states: list[SeqState]) -> SamplingBatch:
+        return SamplingBatch.build(
+            [s.sampling for s in states],
+            [s.prompt_ids for s in states],
+            [s.output_ids for s in states],
+            self.model_config.vocab_size,
+            self.device,
+            eos_token_id=self.eos_token_id,
+        )
+
+    def _tokens(self, states: list[SeqState], result: SamplerOutput) -> list[SampledToken]:
+        token_ids = result.token_ids.tolist()
+        if result.logprobs is None:
+            return [SampledToken(t) for t in token_ids]
+        logprobs, top_ids, top_logprobs = (
+            t.tolist() for t in (result.logprobs, result.top_ids, result.top_logprobs)
+        )
+        tokens = []
+        for i, state in enumerate(states):
+            k = state.sampling.logprobs
+            if k is None:
+                tokens.append(SampledToken(token_ids[i]))
+                continue
+            top = [TokenLogprob(t, lp) for t, lp in zip(top_ids[i][:k], top_logprobs[i][:k], strict=True)]
+            tokens.append(SampledToken(token_ids[i], logprobs[i], top))
+        return tokens
+
+    def _prompt_logprobs(
+        self, state: SeqState, logits: torch.Tensor, row: int, first_position: int, count: int
+    ) -> list[SampledToken]:
+        targets = self.table.token_ids[state.row, first_position + 1 : first_position + 1 + count]
+        k = state.sampling.prompt_logprobs
+        chosen, top_ids, top_logprobs = prompt_logprobs(
+            logits[row : row + count], torch.from_numpy(targets.astype(np.int64)).to(self.device), k
+        )
+        return [
+            SampledToken(int(t), lp, [TokenLogprob(i, v) for i, v in zip(ids, values, strict=True)])
+            for t, lp, ids, values in zip(
+                targets, chosen.tolist(), top_ids.tolist(), top_logprobs.tolist(), strict=True
+            )
+        ]

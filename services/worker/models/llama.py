@@ -1,0 +1,229 @@
+"""Llama-family decoder (Llama 2/3.x, Mistral, Qwen2/2.5) over packed, padding-free batches.
+
+Parameter names follow HF's, except that q/k/v and gate/up are fused into
+`qkv_proj` and `gate_up_proj` (one GEMM each instead of three and two);
+`load_weights` fills the fused matrices from the checkpoint's separate ones.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+from torch import nn
+
+from cairn import kernels
+from cairn.common.errors import InvalidArgument
+from cairn.services.worker.models.attention import AttentionMetadata, paged_attention
+from cairn.services.worker.models.config import ModelConfig
+
+KVCaches = list[tuple[torch.Tensor, torch.Tensor]]
+
+# checkpoint projection -> (fused parameter, shard index within it)
+_FUSED = {
+    "q_proj": ("qkv_proj", 0),
+    "k_proj": ("qkv_proj", 1),
+    "v_proj": ("qkv_proj", 2),
+    "gate_proj": ("gate_up_proj", 0),
+    "up_proj": ("gate_up_proj", 1),
+}
+# Checkpoint entries that are not weights (precomputed RoPE tables of old exports).
+_IGNORED_SUFFIXES = ("rotary_emb.inv_freq", "rotary_emb.cos_cached", "rotary_emb.sin_cached")
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, size: int, eps: float) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(size))
+        self.eps = eps
+
+    def forward(
+        self, x: torch.Tensor, residual: torch.Tensor | None = None
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        return kernels.rms_norm(x, self.weight, self.eps, residual)
+
+
+class LlamaAttention(nn.Module):
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.num_heads = config.num_heads
+        self.num_kv_heads = config.num_kv_heads
+        self.head_dim = config.head_dim
+        self.q_size = config.num_heads * config.head_dim
+        self.kv_size = config.num_kv_heads * config.head_dim
+        self.scale = config.head_dim**-0.5
+        self.qkv_proj = nn.Linear(config.hidden_size, self.q_size + 2 * self.kv_size, bias=config.qkv_bias)
+        self.o_proj = nn.Linear(self.q_size, config.hidden_size, bias=config.o_proj_bias)
+
+    def shard_sizes(self) -> tuple[int, ...]:
+        return (self.q_size, self.kv_size, self.kv_size)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        positions: torch.Tensor,
+        rope_cache: torch.Tensor,
+        meta: AttentionMetadata,
+        kv_cache: tuple[torch.Tensor, torch.Tensor],
+    ) -> torch.Tensor:
+        tokens = x.shape[0]
+        q, k, v = self.qkv_proj(x).split(self.shard_sizes(), dim=-1)
+        q = q.view(tokens, self.num_heads, self.head_dim)
+        k = k.view(tokens, self.num_kv_heads, self.head_dim)
+        v = v.view(tokens, self.num_kv_heads, self.head_dim)
+        q, k = kernels.apply_rotary(q, k, positions, rope_cache)
+        out = paged_attention(q, k, v, kv_cache, meta, self.scale)
+        return self.o_proj(out.view(tokens, self.q_size))
+
+
+class LlamaMLP(nn.Module):
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.intermediate_size = config.intermediate_size
+        self.gate_up_proj = nn.Linear(config.hidden_size, 2 * config.intermediate_size, bias=config.mlp_bias)
+        self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=config.mlp_bias)
+
+    def shard_sizes(self) -> tuple[int, ...]:
+        return (self.intermediate_size, self.intermediate_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(kernels.silu_and_mul(self.gate_up_proj(x)))
+
+
+class LlamaDecoderLayer(nn.Module):
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.self_attn = LlamaAttention(config)
+        self.mlp = LlamaMLP(config)
+        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+
+    def forward(
+        self,
+        hidden: torch.Tensor,
+        residual: torch.Tensor | None,
+        positions: torch.Tensor,
+        rope_cache: torch.Tensor,
+        meta: AttentionMetadata,
+        kv_cache: tuple[torch.Tensor, torch.Tensor],
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        # The residual add of the previous sublayer is fused into the next norm.
+        if residual is None:
+            residual = hidden
+            hidden = self.input_layernorm(hidden)
+        else:
+            hidden, residual = self.input_layernorm(hidden, residual)
+        hidden = self.self_attn(hidden, positions, rope_cache, meta, kv_cache)
+        hidden, residual = self.post_attention_layernorm(hidden, residual)
+        return self.mlp(hidden), residual
+
+
+class LlamaModel(nn.Module):
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.layers = nn.ModuleList(LlamaDecoderLayer(config) for _ in range(config.num_layers))
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        positions: torch.Tensor,
+        rope_cache: torch.Tensor,
+        meta: AttentionMetadata,
+        kv_caches: KVCaches,
+    ) -> torch.Tensor:
+        hidden = self.embed_tokens(input_ids)
+        residual = None
+        for layer, kv_cache in zip(self.layers, kv_caches, strict=True):
+            hidden, residual = layer(hidden, residual, positions, rope_cache, meta, kv_cache)
+        hidden, _ = self.norm(hidden, residual)
+        return hidden
+
+
+class LlamaForCausalLM(nn.Module):
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.model = LlamaModel(config)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.rope_cache = torch.empty(0)
+        self.tie_weights()
+
+    def tie_weights(self) -> None:
+        if self.config.tie_word_embeddings:
+            self.lm_head.weight = self.model.embed_tokens.weight
+
+    def init_rope_cache(self, max_position: int) -> None:
+        """fp32 cos/sin table on the weights' device; kept off the state dict (it is derived)."""
+        config = self.config
+        device = self.lm_head.weight.device
+        self.rope_cache = kernels.build_rope_cache(
+            config.head_dim, max_position, config.rope_theta, config.rope_scaling, device
+        )
+
+    def forward(
+        self, input_ids: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata, kv_caches: KVCaches
+    ) -> torch.Tensor:
+        """input_ids/positions [T] of a packed batch -> final hidden states [T, hidden]."""
+        return self.model(input_ids, positions, self.rope_cache, meta, kv_caches)
+
+    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """[N, hidden] -> [N, vocab] float32, for only the rows that need logits."""
+        return self.lm_head(hidden).float()
+
+    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
+        """Copies HF-named tensors into place (casting to the parameter's dtype and
+        device), one at a time so at most one checkpoint tensor is in flight.
+
+        Raises InvalidArgument on an unknown name, a shape mismatch or a
+        parameter the checkpoint never provides.
+        """
+        params = dict(self.named_parameters())
+        missing = set(self._expected_shards(params))
+        for name, tensor in weights:
+            if name.endswith(_IGNORED_SUFFIXES) or (
+                self.config.tie_word_embeddings and name == "lm_head.weight"
+            ):
+                continue
+            target, shard, dest = self._destination(name, params)
+            if tensor.shape != dest.shape:
+                raise InvalidArgument(
+                    f"checkpoint tensor {name} has shape {tuple(tensor.shape)}, expected {tuple(dest.shape)}"
+                )
+            dest.copy_(tensor)
+            missing.discard((target, shard))
+        if missing:
+            names = sorted(f"{n}[{s}]" if s is not None else n for n, s in missing)
+            raise InvalidArgument(f"checkpoint is missing {len(missing)} weights, e.g. {names[:5]}")
+
+    def _destination(
+        self, name: str, params: dict[str, nn.Parameter]
+    ) -> tuple[str, int | None, torch.Tensor]:
+        """(our parameter, shard index or None, the slice of it `name` fills)."""
+        parts = name.split(".")
+        fused = _FUSED.get(parts[-2]) if len(parts) >= 2 else None
+        if fused is None:
+            if name not in params:
+                raise InvalidArgument(
+                    f"checkpoint tensor {name} matches no parameter of {self.config.architecture}"
+                )
+            return name, None, params[name].data
+        target = ".".join([*parts[:-2], fused[0], parts[-1]])
+        if target not in params:
+            raise InvalidArgument(
+                f"checkpoint tensor {name} matches no parameter of {self.config.architecture}"
+            )
+        sizes = self.get_submodule(".".join(parts[:-2])).shard_sizes()
+        shard = fused[1]
+        return target, shard, params[target].data.narrow(0, sum(sizes[:shard]), sizes[shard])
+
+    def _expected_shards(self, params: dict[str, nn.Parameter]) -> Iterable[tuple[str, int | None]]:
+        fused_names = {fused for fused, _ in _FUSED.values()}
+        for name in params:
+            parts = name.split(".")
+            if parts[-2] in fused_names:
+                sizes = self.get_submodule(".".join(parts[:-2])).shard_sizes()
+                yield from ((name, shard) for shard in range(len(sizes)))
+            else:
+                yield name, None

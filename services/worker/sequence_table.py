@@ -1,0 +1,132 @@
+"""Worker-side state of every live sequence, so a step only carries deltas.
+
+Token ids and block tables live in two preallocated numpy matrices, one row
+per sequence, so a batch's input ids, slots and block tables are gathered
+with a few vectorized indexing ops instead of Python loops over tokens. The
+prompt and output lists are kept too because the sampler's penalties and
+seeds read them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from cairn.common.errors import InvalidArgument, NotFound
+from cairn.services.worker.sampling_params import SamplingParams
+from cairn.services.worker.step import NewSequence
+
+
+@dataclass(eq=False)
+class SeqState:
+    seq_id: int
+    row: int
+    num_tokens: int
+    num_prompt_tokens: int
+    sampling: SamplingParams
+    prompt_ids: list[int]
+    output_ids: list[int]
+    num_blocks: int = 0
+
+
+class SequenceTable:
+    def __init__(
+        self, max_model_len: int, block_size: int, num_blocks: int, vocab_size: int, rows: int
+    ) -> None:
+        self.max_model_len = max_model_len
+        self.block_size = block_size
+        self.num_kv_blocks = num_blocks
+        self.vocab_size = vocab_size
+        self.max_blocks_per_seq = -(-max_model_len // block_size)
+        self.token_ids = np.zeros((rows, max_model_len), dtype=np.int32)
+        self.block_tables = np.zeros((rows, self.max_blocks_per_seq), dtype=np.int32)
+        self.seqs: dict[int, SeqState] = {}
+        self._free_rows = list(range(rows - 1, -1, -1))
+
+    def __len__(self) -> int:
+        return len(self.seqs)
+
+    def get(self, seq_id: int) -> SeqState:
+        state = self.seqs.get(seq_id)
+        if state is None:
+            raise NotFound(f"sequence {seq_id} is unknown to this worker (never introduced, or freed)")
+        return state
+
+    def add(self, new: NewSequence) -> SeqState:
+        """Introduces a sequence; an id the worker already knows is forgotten and re-learnt."""
+        tokens = np.asarray(new.token_ids, dtype=np.int64)
+        self._check_tokens(new, tokens)
+        parent = self.get(new.parent_seq_id) if new.parent_seq_id is not None else None
+        self.remove(new.seq_id)
+        state = SeqState(
+            seq_id=new.seq_id,
+            row=self._take_row(),
+            num_tokens=len(tokens),
+            num_prompt_tokens=new.num_prompt_tokens,
+            sampling=new.sampling,
+            prompt_ids=list(new.token_ids[: new.num_prompt_tokens]),
+            output_ids=list(new.token_ids[new.num_prompt_tokens :]),
+        )
+        self.token_ids[state.row, : len(tokens)] = tokens
+        self.seqs[new.seq_id] = state
+        if parent is not None:
+            # A fork shares only its parent's full blocks: those are immutable,
+            # while the parent's partial last block will keep changing. The
+            # scheduler appends the fork's own tail block (a copy-on-write
+            # destination of block_copies) through new_block_ids.
+            shared = min(len(tokens) // self.block_size, parent.num_blocks)
+            self.block_tables[state.row, :shared] = self.block_tables[parent.row, :shared]
+            state.num_blocks = shared
+        return state
+
+    def remove(self, seq_id: int) -> bool:
+        state = self.seqs.pop(seq_id, None)
+        if state is None:
+            return False
+        self._free_rows.append(state.row)
+        return True
+
+    def append_blocks(self, state: SeqState, block_ids: list[int]) -> None:
+        count = len(block_ids)
+        if state.num_blocks + count > self.max_blocks_per_seq:
+            raise InvalidArgument(
+                f"sequence {state.seq_id} would hold {state.num_blocks + count} blocks; "
+                f"max_model_len {self.max_model_len} needs at most {self.max_blocks_per_seq}"
+            )
+        ids = np.asarray(block_ids, dtype=np.int64)
+        if ids.min() < 0 or ids.max() >= self.num_kv_blocks:
+            raise InvalidArgument(
+                f"block ids for sequence {state.seq_id} must be in [0, {self.num_kv_blocks}), got {block_ids}"
+            )
+        self.block_tables[state.row, state.num_blocks : state.num_blocks + count] = ids
+        state.num_blocks += count
+
+    def append_token(self, state: SeqState, token_id: int) -> None:
+        # A sequence at max_model_len still reports its last token, but can
+        # never be computed further, so there is nothing to store.
+        if state.num_tokens < self.max_model_len:
+            self.token_ids[state.row, state.num_tokens] = token_id
+        state.num_tokens += 1
+        state.output_ids.append(token_id)
+
+    def _check_tokens(self, new: NewSequence, tokens: np.ndarray) -> None:
+        if not 0 < len(tokens) <= self.max_model_len:
+            raise InvalidArgument(
+                f"sequence {new.seq_id} has {len(tokens)} tokens; it needs 1 to max_model_len "
+                f"({self.max_model_len})"
+            )
+        if not 0 <= new.num_prompt_tokens <= len(tokens):
+            raise InvalidArgument(f"sequence {new.seq_id}: num_prompt_tokens must be in [0, {len(tokens)}]")
+        if tokens.min() < 0 or tokens.max() >= self.vocab_size:
+            raise InvalidArgument(
+                f"sequence {new.seq_id} has token ids outside the vocabulary [0, {self.vocab_size})"
+            )
+
+    def _take_row(self) -> int:
+        if not self._free_rows:
+            rows = len(self.token_ids)
+            self.token_ids = np.concatenate([self.token_ids, np.zeros_like(self.token_ids)])
+            self.block_tables = np.concatenate([self.block_tables, np.zeros_like(self.block_tables)])
+            self._free_rows = list(range(2 * rows - 1, rows - 1, -1))
+        return self._free_rows.pop()
