@@ -1,0 +1,46 @@
+"""Fixtures every suite shares.
+
+The tiny model (`cairn.tiny`) is the only model tests have: no hub is
+reachable. It is built once per session and per set of arguments; the
+directories are shared, so treat them as read-only (copy one before changing
+its files).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+TinyModelFactory = Callable[..., Path]
+
+
+@pytest.fixture(scope="session")
+def tiny_model_factory(tmp_path_factory: pytest.TempPathFactory) -> TinyModelFactory:
+    """`factory(arch="llama", **overrides)` returns the directory of a tiny model.
+
+    `overrides` are `cairn.tiny.build.build_tiny_model` keywords (vocab_size,
+    hidden_size, dtype, seed, rope_scaling, max_shard_size, ...). Equal
+    arguments return the same directory.
+    """
+    from cairn.tiny.build import build_tiny_model
+
+    built: dict[str, Path] = {}
+
+    def factory(arch: str = "llama", **overrides: Any) -> Path:
+        key = json.dumps({"architecture": arch, **overrides}, sort_keys=True)
+        if key not in built:
+            out = tmp_path_factory.mktemp(f"tiny-{arch}")
+            built[key] = build_tiny_model(out, architecture=arch, **overrides)
+        return built[key]
+
+    return factory
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tiny_model_factory: TinyModelFactory) -> Path:
+    """The default tiny model: Llama architecture, float32, 2 layers, 2048-token vocabulary."""
+    return tiny_model_factory()
