@@ -83,20 +83,24 @@ def build_tiny_model(
     staging = out.parent / f".{out.name}.building-{uuid.uuid4().hex}"
     staging.mkdir()
     try:
+        shape = {
+            "vocab_size": vocab_size,
+            "hidden_size": hidden_size,
+            "num_hidden_layers": num_layers,
+            "num_attention_heads": num_heads,
+            "num_key_value_heads": num_kv_heads,
+            "intermediate_size": intermediate_size,
+            "max_position_embeddings": max_position_embeddings,
+        }
+        token_ids = {t: tokenizer.token_to_id(t) for t in (BOS_TOKEN, END_OF_TEXT, END_OF_TURN, PAD_TOKEN)}
         config = _model_config(
             architecture,
-            vocab_size=vocab_size,
-            hidden_size=hidden_size,
-            num_layers=num_layers,
-            num_heads=num_heads,
-            num_kv_heads=num_kv_heads,
-            intermediate_size=intermediate_size,
-            max_position_embeddings=max_position_embeddings,
+            shape,
             dtype=dtype,
             tie_word_embeddings=tie_word_embeddings,
             rope_scaling=rope_scaling,
             sliding_window=sliding_window,
-            token_ids={t: tokenizer.token_to_id(t) for t in (BOS_TOKEN, END_OF_TEXT, END_OF_TURN, PAD_TOKEN)},
+            token_ids=token_ids,
         )
         _save_random_model(
             config, staging, architecture=architecture, seed=seed, dtype=dtype, max_shard_size=max_shard_size
@@ -136,20 +140,15 @@ def _check_args(
 
 def _model_config(
     architecture: str,
+    shape: dict[str, int],
     *,
-    vocab_size: int,
-    hidden_size: int,
-    num_layers: int,
-    num_heads: int,
-    num_kv_heads: int,
-    intermediate_size: int,
-    max_position_embeddings: int,
     dtype: str,
     tie_word_embeddings: bool | None,
     rope_scaling: dict[str, Any] | None,
     sliding_window: int | None,
     token_ids: dict[str, int],
 ) -> Any:
+    """The transformers config; `shape` holds its size fields under their HF names."""
     from transformers import LlamaConfig, MistralConfig, Qwen2Config
 
     rope_parameters = {
@@ -157,19 +156,12 @@ def _model_config(
         **(rope_scaling or {}),
         "rope_theta": _ROPE_THETA[architecture],
     }
+    tied = _TIED_BY_DEFAULT[architecture] if tie_word_embeddings is None else tie_word_embeddings
     common: dict[str, Any] = {
-        "vocab_size": vocab_size,
-        "hidden_size": hidden_size,
-        "num_hidden_layers": num_layers,
-        "num_attention_heads": num_heads,
-        "num_key_value_heads": num_kv_heads,
-        "intermediate_size": intermediate_size,
-        "max_position_embeddings": max_position_embeddings,
+        **shape,
         "rms_norm_eps": 1e-5,
         "rope_parameters": rope_parameters,
-        "tie_word_embeddings": _TIED_BY_DEFAULT[architecture]
-        if tie_word_embeddings is None
-        else tie_word_embeddings,
+        "tie_word_embeddings": tied,
         "bos_token_id": token_ids[BOS_TOKEN],
         "eos_token_id": [token_ids[END_OF_TEXT], token_ids[END_OF_TURN]],
         "pad_token_id": token_ids[PAD_TOKEN],
