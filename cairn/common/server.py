@@ -2,11 +2,13 @@
 
 `start_server` binds a `grpc.aio` server with the standard health and reflection
 services, per-call request ids, metrics and error mapping; `serve` runs it until
-SIGTERM/SIGINT and drains it; `run_service` is the whole lifecycle for a CLI.
+SIGTERM/SIGINT and drains it; `run_service` is the whole lifecycle for a CLI and
+`add_serve_command` the `cairn <service> serve` subcommand around it.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import inspect
 import logging
@@ -22,7 +24,7 @@ from grpc_health.v1 import health as grpc_health
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from cairn.common.config import ServiceConfig
+from cairn.common.config import ConfigError, ServiceConfig, add_config_arguments, config_from_args
 from cairn.common.interceptors import ScopeInterceptor, bind_request_id, map_errors
 from cairn.common.logging import configure_logging
 from cairn.common.metrics import MetricsServer, record_rpc
@@ -188,23 +190,17 @@ async def serve(
             loop.remove_signal_handler(sig)
 
 
-async def _build_and_serve(
-    config: C, build_services: Callable[[C], BuiltServices], on_shutdown: Iterable[ShutdownHook] | None
-) -> None:
+async def _build_and_serve(config: C, build_services: Callable[[C], BuiltServices]) -> None:
     built = build_services(config)
     if isinstance(built, AbstractAsyncContextManager):
         async with built as services:
-            await serve(config, services, on_shutdown)
+            await serve(config, services)
         return
     services = await built if inspect.isawaitable(built) else built
-    await serve(config, services, on_shutdown)
+    await serve(config, services)
 
 
-def run_service(
-    config: C,
-    build_services: Callable[[C], BuiltServices],
-    on_shutdown: Iterable[ShutdownHook] | None = None,
-) -> int:
+def run_service(config: C, build_services: Callable[[C], BuiltServices]) -> int:
     """The whole lifecycle for a CLI: logging, build, serve, drain. Returns the process exit code.
 
     `build_services(config)` runs inside the event loop and returns the services,
@@ -213,8 +209,33 @@ def run_service(
     """
     configure_logging(config.service_name, config.log_level, config.log_format)
     try:
-        asyncio.run(_build_and_serve(config, build_services, on_shutdown))
+        asyncio.run(_build_and_serve(config, build_services))
     except Exception:
         logger.exception("%s failed", config.service_name)
         return 1
     return 0
+
+
+def add_serve_command(
+    subparsers: argparse._SubParsersAction[argparse.ArgumentParser],
+    schema: type[C],
+    build_services: Callable[[C], BuiltServices],
+    name: str = "serve",
+) -> argparse.ArgumentParser:
+    """Add a subcommand that loads `schema` from flags/env/YAML and runs the service.
+
+    The handler is stored as `func`, the convention of `cairn.cli`; a bad config
+    exits with status 2 and the ConfigError message instead of a traceback.
+    """
+    parser = subparsers.add_parser(name, help=f"run the {schema.service_name} gRPC server")
+    add_config_arguments(parser, schema)
+
+    def handler(args: argparse.Namespace) -> int:
+        try:
+            config = config_from_args(schema, args)
+        except ConfigError as err:
+            parser.exit(2, f"{parser.prog}: {err}\n")
+        return run_service(config, build_services)
+
+    parser.set_defaults(func=handler)
+    return parser

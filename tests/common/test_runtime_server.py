@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
@@ -15,21 +14,12 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
 from prometheus_client.parser import text_string_to_metric_families
 from runtime_echo import SERVICE, EchoConfig, echo_service
-from runtime_helpers import LogCapture, LoopThread, free_port
+from runtime_helpers import LogCapture, LoopThread, free_port, wait_until
 
 from cairn.common.channel import make_channel, raise_for_rpc_error
 from cairn.common.errors import CairnError, NotFound
 from cairn.common.request_id import REQUEST_ID_HEADER, request_context
 from cairn.common.server import RunningServer, start_server
-
-
-def wait_until(condition: Callable[[], bool], timeout: float = 30) -> None:
-    """Poll until `condition` holds; the timeout only guards against hanging, it is not an assertion."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached")
-        time.sleep(0.01)
 
 
 def echo(
