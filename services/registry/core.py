@@ -51,8 +51,19 @@ class Registry:
         self.chunk_size = chunk_size
 
     @classmethod
-    def open(cls, database_url: str, blob_url: str, *, chunk_size: int = DEFAULT_CHUNK_SIZE) -> Registry:
-        return cls(MetadataStore(database_url), BlobStore(blob_url), chunk_size=chunk_size)
+    def open(
+        cls,
+        database_url: str,
+        blob_url: str,
+        *,
+        storage_options: Mapping[str, Any] | None = None,
+        chunk_size: int = DEFAULT_CHUNK_SIZE,
+    ) -> Registry:
+        return cls(
+            MetadataStore(database_url),
+            BlobStore(blob_url, dict(storage_options or {})),
+            chunk_size=chunk_size,
+        )
 
     def close(self) -> None:
         self.store.close()
