@@ -6,6 +6,7 @@ slot = block_id * block_size + offset. Tokens are packed without padding.
 
 from cairn.kernels.dispatch import (
     apply_rotary,
+    backend_for,
     force_reference,
     paged_decode_attention,
     prefill_attention,
@@ -18,6 +19,7 @@ from cairn.kernels.rope_cache import build_rope_cache
 
 __all__ = [
     "apply_rotary",
+    "backend_for",
     "build_rope_cache",
     "force_reference",
     "paged_decode_attention",

@@ -12,9 +12,9 @@ import os
 from types import ModuleType, TracebackType
 
 import torch
-from cairn.kernels import reference
 
 from cairn.common.errors import InvalidArgument
+from cairn.kernels import reference
 
 _TRITON_DEVICE_TYPES = ("cuda", "xpu")
 _MODES = ("auto", "reference")
@@ -56,7 +56,8 @@ def _triton_ops() -> ModuleType | None:
     return triton_ops
 
 
-def _impl(tensor: torch.Tensor) -> ModuleType:
+def backend_for(tensor: torch.Tensor) -> ModuleType:
+    """The module that runs kernels for `tensor`: `cairn.kernels.triton_ops` or `cairn.kernels.reference`."""
     if _forced or tensor.device.type not in _TRITON_DEVICE_TYPES:
         return reference
     return _triton_ops() or reference
@@ -69,12 +70,12 @@ def rms_norm(
 
     With `residual`: h = x + residual, returns (rms_norm(h) * weight, h).
     """
-    return _impl(x).rms_norm(x, weight, eps, residual)
+    return backend_for(x).rms_norm(x, weight, eps, residual)
 
 
 def silu_and_mul(x: torch.Tensor) -> torch.Tensor:
     """[..., 2*I] -> silu(x[..., :I]) * x[..., I:]."""
-    return _impl(x).silu_and_mul(x)
+    return backend_for(x).silu_and_mul(x)
 
 
 def apply_rotary(
@@ -85,14 +86,14 @@ def apply_rotary(
     The Triton path rotates in place and returns the same tensors: use the
     return values and do not rely on the inputs staying unchanged.
     """
-    return _impl(q).apply_rotary(q, k, positions, rope_cache)
+    return backend_for(q).apply_rotary(q, k, positions, rope_cache)
 
 
 def write_kv_cache(
     k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, slot_mapping: torch.Tensor
 ) -> None:
     """Store k, v [T, Hk, D] at slots block_id * block_size + offset; a negative slot is skipped."""
-    _impl(k).write_kv_cache(k, v, k_cache, v_cache, slot_mapping)
+    backend_for(k).write_kv_cache(k, v, k_cache, v_cache, slot_mapping)
 
 
 def paged_decode_attention(
@@ -107,7 +108,7 @@ def paged_decode_attention(
 
     A row with seq_len 0 yields zeros.
     """
-    return _impl(q).paged_decode_attention(q, k_cache, v_cache, block_tables, seq_lens, scale)
+    return backend_for(q).paged_decode_attention(q, k_cache, v_cache, block_tables, seq_lens, scale)
 
 
 def prefill_attention(
@@ -123,4 +124,6 @@ def prefill_attention(
 
     Sequence s's queries are the last q_len_s of its seq_lens[s] context positions.
     """
-    return _impl(q).prefill_attention(q, k_cache, v_cache, block_tables, query_start_loc, seq_lens, scale)
+    return backend_for(q).prefill_attention(
+        q, k_cache, v_cache, block_tables, query_start_loc, seq_lens, scale
+    )
