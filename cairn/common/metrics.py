@@ -112,11 +112,17 @@ class MetricsServer:
         self, host: str, port: int, is_serving: Callable[[], bool], registry: CollectorRegistry = REGISTRY
     ) -> None:
         server_class = _ThreadingWSGIServerV6 if ":" in host else _ThreadingWSGIServer
-        self._httpd = make_server(
-            host, port, _app(registry, is_serving), server_class=server_class, handler_class=_QuietHandler
-        )
+        try:
+            self._httpd = make_server(
+                host, port, _app(registry, is_serving), server_class=server_class, handler_class=_QuietHandler
+            )
+        except OSError as exc:
+            raise OSError(f"cannot bind the metrics server to {host}:{port}: {exc.strerror}") from None
         self.port: int = self._httpd.server_address[1]
-        self._thread = threading.Thread(target=self._httpd.serve_forever, name="cairn-metrics", daemon=True)
+        # serve_forever polls for shutdown; a short interval keeps process exit quick.
+        self._thread = threading.Thread(
+            target=self._httpd.serve_forever, args=(0.1,), name="cairn-metrics", daemon=True
+        )
         self._thread.start()
 
     def close(self) -> None:

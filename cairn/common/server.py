@@ -109,7 +109,7 @@ class RunningServer:
         await self.health.enter_graceful_shutdown()
         await self.server.stop(grace)
         if self.metrics is not None:
-            self.metrics.close()
+            await asyncio.to_thread(self.metrics.close)
             self.metrics = None
 
 
@@ -138,11 +138,15 @@ async def start_server(config: ServiceConfig, services: Sequence[GrpcService]) -
         raise OSError(f"cannot bind the gRPC server to {address}")
     await server.start()
 
-    for name in ["", *names]:
-        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     running = RunningServer(server=server, port=port, health=health_servicer, service_names=names)
-    if config.metrics_port:
-        running.metrics = MetricsServer(config.host, config.metrics_port, lambda: running.serving)
+    try:
+        for name in ["", *names]:
+            await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+        if config.metrics_port:
+            running.metrics = MetricsServer(config.host, config.metrics_port, lambda: running.serving)
+    except BaseException:
+        await server.stop(None)
+        raise
     logger.info(
         "serving %s on %s",
         ", ".join(names) or "no services",

@@ -222,6 +222,16 @@ def test_binding_a_taken_port_fails_clearly(echo_server: RunningServer, loop_thr
         loop_thread.run(start_server(EchoConfig(port=echo_server.port), [echo_service()]))
 
 
+def test_failed_start_releases_the_grpc_port(echo_server: RunningServer, loop_thread: LoopThread) -> None:
+    port = free_port()
+    taken_metrics = EchoConfig(port=port, metrics_port=echo_server.metrics_port)
+    with pytest.raises(OSError, match="metrics server"):
+        loop_thread.run(start_server(taken_metrics, [echo_service()]))
+    running = loop_thread.run(start_server(EchoConfig(port=port), [echo_service()]))
+    assert running.port == port
+    loop_thread.run(running.stop(0))
+
+
 def test_stop_drains_in_flight_calls_and_reports_not_serving(
     loop_thread: LoopThread, logs: LogCapture, tmp_path: Path
 ) -> None:
