@@ -12,7 +12,7 @@ import argparse
 import importlib
 import sys
 
-COMMAND_MODULES: tuple[str, ...] = ("cairn.tiny.cli",)
+COMMAND_MODULES: tuple[str, ...] = ("cairn.tiny.cli", "cairn.services.registry.cli")
 
 
 def build_parser() -> argparse.ArgumentParser:

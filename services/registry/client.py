@@ -32,8 +32,7 @@ from cairn.common.errors import CairnError, DataLoss, InvalidArgument, Unavailab
 from cairn.v1 import common_pb2, registry_pb2, registry_pb2_grpc
 
 from . import convert
-from .core import DEFAULT_CHUNK_SIZE
-from .records import Alias, Artifact, Lineage, Model, Version
+from .records import DEFAULT_CHUNK_SIZE, Alias, Artifact, Lineage, Model, Version
 from .refs import check_alias_name, parse_ref
 
 logger = logging.getLogger("cairn.registry.client")

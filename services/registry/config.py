@@ -10,7 +10,7 @@ from pydantic import Field
 
 from cairn.common.config import GrpcPort, MetricsPort, ServiceConfig
 
-from .core import DEFAULT_CHUNK_SIZE
+from .records import DEFAULT_CHUNK_SIZE
 
 MAX_CHUNK_SIZE = 4 << 20
 

@@ -17,7 +17,7 @@ from cairn.common.errors import DataLoss, InvalidArgument, NotFound
 from .blobs import BlobStore, check_sha256
 from .pagination import decode_token, effective_page_size, encode_token
 from .paths import check_artifact_path
-from .records import Alias, Artifact, Lineage, Model, Page, Version
+from .records import DEFAULT_CHUNK_SIZE, Alias, Artifact, Lineage, Model, Page, Version
 from .refs import (
     check_alias_name,
     check_model_name,
@@ -27,7 +27,6 @@ from .refs import (
 )
 from .store import MetadataStore
 
-DEFAULT_CHUNK_SIZE = 1 << 20
 DEFAULT_LINEAGE_DEPTH = 5
 MAX_LINEAGE_DEPTH = 50
 MAX_DESCRIPTION = 4096

@@ -16,6 +16,9 @@ from typing import Any, Generic, TypeVar
 
 T = TypeVar("T")
 
+# Bytes per streamed message, uploads and downloads alike: well under gRPC's default 4 MiB message limit.
+DEFAULT_CHUNK_SIZE = 1 << 20
+
 
 class VersionState(enum.Enum):
     DRAFT = "draft"
