@@ -87,10 +87,8 @@ def warped_logits(logits: torch.Tensor, batch: SamplingBatch) -> torch.Tensor:
     from, with filtered tokens at -inf; a new tensor."""
     if batch.temperature is not None:
         logits = logits / batch.temperature
-    if batch.top_p is not None:
-        logits = _top_k_top_p(logits, batch.top_k, batch.top_p)
-    elif batch.top_k is not None:
-        logits = _top_k(logits, batch.top_k, batch.max_top_k)
+    if batch.top_k is not None or batch.top_p is not None:
+        logits = _rank_filters(logits, batch)
     if batch.log_min_p is not None:
         # p_i < min_p * p_max  <=>  logit_i < logit_max + log(min_p), with no softmax.
         threshold = logits.amax(dim=-1, keepdim=True) + batch.log_min_p
@@ -114,30 +112,30 @@ def prompt_logprobs(
     return chosen.squeeze(-1), top_ids, top_values - normalizer
 
 
-def _top_k(logits: torch.Tensor, top_k: torch.Tensor, max_top_k: int) -> torch.Tensor:
-    """Keeps exactly each row's k largest logits; a row whose k is the whole
-    vocabulary keeps everything. One topk of the largest k, no full sort."""
-    values, indices = logits.topk(max_top_k, dim=-1)
-    ranks = torch.arange(max_top_k, device=logits.device)
-    values = values.masked_fill(ranks >= top_k[:, None], _NEG_INF)
-    kept = torch.full_like(logits, _NEG_INF).scatter_(-1, indices, values)
-    return torch.where(top_k[:, None] >= logits.shape[-1], logits, kept)
+def _rank_filters(logits: torch.Tensor, batch: SamplingBatch) -> torch.Tensor:
+    """Top-k, then top-p over what top-k left (renormalized), on the rows that
+    use either; the others pass through untouched.
 
-
-def _top_k_top_p(logits: torch.Tensor, top_k: torch.Tensor | None, top_p: torch.Tensor) -> torch.Tensor:
-    """Top-k, then top-p over what top-k left (renormalized), in one sort.
-
-    Top-p keeps the smallest most-likely prefix whose mass reaches p: a token
-    stays while the mass strictly before it is below p.
+    Both work on each row's candidates sorted best first: its num_candidates
+    best tokens by one topk when every row has a top-k, else the whole sorted
+    vocabulary. Top-k keeps exactly k (ties broken by that order); top-p keeps
+    the smallest best-first prefix whose mass reaches p, i.e. a token stays
+    while the mass strictly before it is below p.
     """
-    sorted_logits, order = logits.sort(dim=-1, descending=True)
-    if top_k is not None:
-        ranks = torch.arange(logits.shape[-1], device=logits.device)
-        sorted_logits = sorted_logits.masked_fill(ranks >= top_k[:, None], _NEG_INF)
-    probs = sorted_logits.softmax(dim=-1)
-    mass_before = probs.cumsum(dim=-1) - probs
-    sorted_logits = sorted_logits.masked_fill(mass_before >= top_p, _NEG_INF)
-    return torch.empty_like(logits).scatter_(-1, order, sorted_logits)
+    rows = batch.rank_filter_rows
+    selected = logits if rows is None else logits.index_select(0, rows)
+    if batch.num_candidates < logits.shape[-1]:
+        values, order = selected.topk(batch.num_candidates, dim=-1)
+    else:
+        values, order = selected.sort(dim=-1, descending=True)
+    if batch.top_k is not None:
+        ranks = torch.arange(values.shape[-1], device=logits.device)
+        values = values.masked_fill(ranks >= batch.top_k[:, None], _NEG_INF)
+    if batch.top_p is not None:
+        probs = values.softmax(dim=-1)
+        values = values.masked_fill(probs.cumsum(dim=-1) - probs >= batch.top_p, _NEG_INF)
+    filtered = torch.full_like(selected, _NEG_INF).scatter_(-1, order, values)
+    return filtered if rows is None else logits.index_copy(0, rows, filtered)
 
 
 def _draw(logits: torch.Tensor, batch: SamplingBatch) -> torch.Tensor:

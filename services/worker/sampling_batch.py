@@ -38,10 +38,16 @@ class SamplingBatch:
     greedy: torch.Tensor | None = None
     # [B, 1]; 1.0 on greedy rows, whose temperature only means "argmax".
     temperature: torch.Tensor | None = None
-    # [B] int64, clamped to vocab_size; rows without top-k hold vocab_size.
+    # Top-k and top-p act on `rank_filter_rows` only ([F] row indices; None
+    # when that is every row), and their tensors hold those rows alone.
+    rank_filter_rows: torch.Tensor | None = None
+    # [F] int64, clamped to vocab_size; rows without top-k hold vocab_size.
     top_k: torch.Tensor | None = None
-    max_top_k: int = 0
-    # [B, 1]; rows without top-p hold +inf, since a float32 cumulative sum
+    # How many of each filtered row's best tokens can survive: the largest
+    # top-k when every filtered row has one (a topk then replaces the full
+    # sort), else vocab_size.
+    num_candidates: int = 0
+    # [F, 1]; rows without top-p hold +inf, since a float32 cumulative sum
     # can pass 1.0 and would otherwise cut the tail of a p == 1.0 row.
     top_p: torch.Tensor | None = None
     # [B, 1] log(min_p), -inf where min-p is off.
@@ -156,19 +162,19 @@ def _set_random_params(
         batch.temperature = _column(temperature, _FLOAT, device)[:, None]
 
     # Greedy rows take the argmax, which no filter changes: leave them unfiltered.
-    top_k = [
-        min(p.top_k, vocab_size) if p.top_k > 0 and not g else vocab_size
-        for g, p in zip(greedy, params, strict=True)
-    ]
-    limited = [k for k in top_k if k < vocab_size]
-    if limited:
-        batch.top_k = _column(top_k, _INT, device)
-        batch.max_top_k = max(limited)
-    top_p = [
-        p.top_p if p.top_p < 1.0 and not g else float("inf") for g, p in zip(greedy, params, strict=True)
-    ]
-    if any(p != float("inf") for p in top_p):
-        batch.top_p = _column(top_p, _FLOAT, device)[:, None]
+    top_k = [min(p.top_k, vocab_size) if p.top_k > 0 else vocab_size for p in params]
+    top_p = [p.top_p if p.top_p < 1.0 else float("inf") for p in params]
+    rows = [i for i, g in enumerate(greedy) if not g and (top_k[i] < vocab_size or top_p[i] != float("inf"))]
+    if rows:
+        if len(rows) < batch.num_rows:
+            batch.rank_filter_rows = _column(rows, _INT, device)
+        top_k = [top_k[i] for i in rows]
+        top_p = [top_p[i] for i in rows]
+        if any(k < vocab_size for k in top_k):
+            batch.top_k = _column(top_k, _INT, device)
+        if any(p != float("inf") for p in top_p):
+            batch.top_p = _column(top_p, _FLOAT, device)[:, None]
+        batch.num_candidates = max(top_k)
     min_p = [0.0 if g else p.min_p for g, p in zip(greedy, params, strict=True)]
     if any(min_p):
         batch.log_min_p = _column(min_p, _FLOAT, device).log()[:, None]

@@ -73,11 +73,17 @@ def test_top_p_keeps_the_smallest_set_reaching_p(build, sample, device, p: float
     assert chi_square(tokens, renormalized_best(n)) < CHI_SQUARE_BOUND
 
 
-def test_top_p_applies_to_what_top_k_left(build, device) -> None:
+@pytest.mark.parametrize("neighbour", [None, SamplingParams(top_p=0.7), SamplingParams(top_k=5, top_p=0.7)])
+def test_top_p_applies_to_what_top_k_left(build, device, neighbour: SamplingParams | None) -> None:
     # After top-k=3 the mass renormalizes to (.467, .333, .2): top_p=0.7 keeps
     # two tokens, where the raw mass (.35 + .25 = .6) would have needed three.
-    params = [SamplingParams(top_k=3, top_p=0.7), SamplingParams(top_p=0.7)]
-    assert kept_tokens(build, device, params) == [best(2), best(3)]
+    # A neighbour without top-k makes the filter sort the whole vocabulary;
+    # alone, or beside another top-k row, it works on the top-k candidates.
+    params = [SamplingParams(top_k=3, top_p=0.7)] + ([neighbour] if neighbour else [])
+    kept = kept_tokens(build, device, params)
+    assert kept[0] == best(2)
+    if neighbour is not None:
+        assert kept[1] == best(3)
 
 
 @pytest.mark.parametrize(("min_p", "n"), [(0.2, 6), (0.25, 4), (0.5, 2), (0.9, 1), (1.0, 1)])

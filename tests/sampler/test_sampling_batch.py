@@ -10,6 +10,7 @@ VOCAB = 32
 TENSOR_FIELDS = [
     "greedy",
     "temperature",
+    "rank_filter_rows",
     "top_k",
     "top_p",
     "log_min_p",
@@ -46,8 +47,8 @@ def test_plain_random_builds_nothing(build) -> None:
     ("params", "fields"),
     [
         (SamplingParams(temperature=0.5), {"temperature"}),
-        (SamplingParams(top_k=3), {"top_k"}),
-        (SamplingParams(top_p=0.9), {"top_p"}),
+        (SamplingParams(top_k=3), {"top_k", "rank_filter_rows"}),
+        (SamplingParams(top_p=0.9), {"top_p", "rank_filter_rows"}),
         (SamplingParams(min_p=0.1), {"log_min_p"}),
         (SamplingParams(seed=3), {"seeds", "positions", "seeded_rows"}),
         (SamplingParams(logit_bias={2: 1.0}), {"logit_bias"}),
@@ -76,9 +77,22 @@ def test_every_row_seeded_needs_no_row_index(build) -> None:
 
 def test_top_k_beyond_the_vocabulary_means_off(build) -> None:
     batch = build([SamplingParams(top_k=VOCAB + 10), SamplingParams(top_k=0)], VOCAB)
-    assert batch.top_k is None
+    assert built_fields(batch) == set()
     batch = build([SamplingParams(top_k=VOCAB + 10), SamplingParams(top_k=5)], VOCAB)
-    assert batch.top_k.tolist() == [VOCAB, 5] and batch.max_top_k == 5
+    assert batch.rank_filter_rows.tolist() == [1] and batch.top_k.tolist() == [5]
+
+
+def test_rank_filters_hold_only_the_rows_that_use_them(build) -> None:
+    params = [SamplingParams(top_k=4), SamplingParams(), SamplingParams(top_k=9, top_p=0.5)]
+    batch = build(params, VOCAB)
+    assert batch.rank_filter_rows.tolist() == [0, 2]
+    assert batch.top_k.tolist() == [4, 9]
+    assert batch.top_p[:, 0].tolist() == [float("inf"), 0.5]
+    # Every filtered row has a top-k: its 9 best tokens are all that can survive.
+    assert batch.num_candidates == 9
+    # A top-p row without top-k needs the whole sorted vocabulary.
+    batch = build([*params, SamplingParams(top_p=0.9)], VOCAB)
+    assert batch.top_k.tolist() == [4, 9, VOCAB] and batch.num_candidates == VOCAB
 
 
 def test_min_tokens_stop_banning_once_reached(build) -> None:
