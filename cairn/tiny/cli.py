@@ -1,4 +1,4 @@
-"""`cairn models build-tiny`: write the tiny model directory from the command line."""
+"""`cairn models build-tiny`: write the tiny model directory, and optionally push it to the registry."""
 
 from __future__ import annotations
 
@@ -33,6 +33,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--max-shard-size", default="5GB", help="largest safetensors shard, e.g. 200KB or 5GB (default: 5GB)"
     )
+    push = parser.add_argument_group("registry")
+    push.add_argument(
+        "--push", action="store_true", help="push the built directory as a new registry version"
+    )
+    push.add_argument("--name", help="registry model name (default: tiny-ARCH)")
+    push.add_argument(
+        "--alias", action="append", default=[], help="alias for the pushed version (repeatable)"
+    )
+    push.add_argument(
+        "--registry", metavar="ADDR", help="registry address (default: $CAIRN_REGISTRY or 127.0.0.1:50055)"
+    )
     parser.set_defaults(func=_build_tiny)
 
 
@@ -46,23 +57,42 @@ def _models_group(subparsers: argparse._SubParsersAction) -> argparse._SubParser
 
 
 def _build_tiny(args: argparse.Namespace) -> int:
+    build_args = {
+        "architecture": args.arch,
+        "vocab_size": args.vocab_size,
+        "hidden_size": args.hidden_size,
+        "num_layers": args.num_layers,
+        "num_heads": args.num_heads,
+        "num_kv_heads": args.num_kv_heads,
+        "intermediate_size": args.intermediate_size,
+        "max_position_embeddings": args.max_position_embeddings,
+        "seed": args.seed,
+        "dtype": args.dtype,
+        "max_shard_size": args.max_shard_size,
+    }
     try:
-        path = build_tiny_model(
-            args.out,
-            architecture=args.arch,
-            vocab_size=args.vocab_size,
-            hidden_size=args.hidden_size,
-            num_layers=args.num_layers,
-            num_heads=args.num_heads,
-            num_kv_heads=args.num_kv_heads,
-            intermediate_size=args.intermediate_size,
-            max_position_embeddings=args.max_position_embeddings,
-            seed=args.seed,
-            dtype=args.dtype,
-            max_shard_size=args.max_shard_size,
-        )
+        path = build_tiny_model(args.out, **build_args)
     except CairnError as exc:
         print(f"cairn models build-tiny: {exc.message}", file=sys.stderr)
-        return 2
+        return 1
     print(path)
+    if not args.push:
+        return 0
+    from cairn.services.registry.client import RegistryClient
+
+    name = args.name or f"tiny-{args.arch}"
+    try:
+        with RegistryClient(args.registry) as client:
+            version = client.push_dir(
+                path,
+                name,
+                # The build arguments reproduce the files exactly, so they are the whole recipe.
+                recipe={"builder": "cairn.tiny", **build_args},
+                aliases=args.alias,
+                description=f"random-weight {args.arch} model built by `cairn models build-tiny`",
+            )
+    except CairnError as exc:
+        print(f"cairn models build-tiny: built {path} but could not push it: {exc.message}", file=sys.stderr)
+        return 1
+    print(version.ref)
     return 0
