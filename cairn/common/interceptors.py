@@ -31,6 +31,8 @@ class ScopeInterceptor(grpc.aio.ServerInterceptor):
 
     def __init__(self, scopes: Sequence[CallScope]) -> None:
         self._scopes = tuple(scopes)
+        # intercept_service runs for every call; wrap each method's handler once.
+        self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
 
     async def intercept_service(
         self,
@@ -40,7 +42,13 @@ class ScopeInterceptor(grpc.aio.ServerInterceptor):
         handler = await continuation(handler_call_details)
         if handler is None:
             return None
-        return self._wrap_handler(handler, handler_call_details.method)
+        method = handler_call_details.method
+        cached = self._wrapped.get(method)
+        if cached is not None and cached[0] is handler:
+            return cached[1]
+        wrapped = self._wrap_handler(handler, method)
+        self._wrapped[method] = (handler, wrapped)
+        return wrapped
 
     def _wrap_handler(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
         kinds = {

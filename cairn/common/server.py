@@ -39,7 +39,10 @@ ShutdownHook = Callable[[], Awaitable[None] | None]
 
 @dataclass(frozen=True)
 class GrpcService:
-    """One gRPC service to host: `add_to_server` is the generated `add_<Name>Servicer_to_server`."""
+    """One gRPC service to host: `add_to_server` is the generated `add_<Name>Servicer_to_server`.
+
+    Servicer methods must be `async def`: coroutines, or async generators for streamed responses.
+    """
 
     name: str
     servicer: object

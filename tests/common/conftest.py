@@ -15,7 +15,7 @@ from runtime_echo import EchoConfig, echo_service
 from runtime_helpers import LogCapture, LoopThread, free_port
 
 from cairn.common.channel import make_channel
-from cairn.common.logging import configure_logging
+from cairn.common.logging import ContextFilter, JsonFormatter
 from cairn.common.server import RunningServer, start_server
 
 
@@ -28,13 +28,18 @@ def loop_thread() -> Iterator[LoopThread]:
 
 @pytest.fixture(scope="session")
 def logs() -> Iterator[LogCapture]:
+    """JSON lines of every `cairn.*` logger, without touching the root logger other suites share."""
     capture = LogCapture()
-    root = logging.getLogger()
-    level = root.level
-    handler = configure_logging("echo", "INFO", "json", stream=capture.stream)
+    handler = logging.StreamHandler(capture.stream)
+    handler.setFormatter(JsonFormatter())
+    handler.addFilter(ContextFilter("echo"))
+    cairn_logger = logging.getLogger("cairn")
+    level = cairn_logger.level
+    cairn_logger.addHandler(handler)
+    cairn_logger.setLevel(logging.INFO)
     yield capture
-    root.removeHandler(handler)
-    root.setLevel(level)
+    cairn_logger.removeHandler(handler)
+    cairn_logger.setLevel(level)
 
 
 @pytest.fixture(scope="session")

@@ -45,6 +45,13 @@ def test_health_reports_serving_for_the_server_and_each_service(echo_channel: gr
     assert err.code() == grpc.StatusCode.NOT_FOUND
 
 
+def test_health_watch_streams_through_the_interceptors(echo_channel: grpc.Channel) -> None:
+    # Watch streams with `context.write` from a coroutine, the other way to write a stream handler.
+    watch = health_pb2_grpc.HealthStub(echo_channel).Watch(health_pb2.HealthCheckRequest(service=SERVICE))
+    assert next(watch).status == health_pb2.HealthCheckResponse.SERVING
+    watch.cancel()
+
+
 def test_reflection_lists_every_service(echo_channel: grpc.Channel) -> None:
     services = set(ProtoReflectionDescriptorDatabase(echo_channel).get_services())
     assert services == {SERVICE, "grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection"}
