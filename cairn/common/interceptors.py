@@ -25,6 +25,14 @@ logger = logging.getLogger("cairn.rpc")
 
 CallScope = Callable[[str, grpc.aio.ServicerContext], AbstractAsyncContextManager[None]]
 
+# (request_streaming, response_streaming) -> the handler attribute and its constructor.
+_HANDLER_KINDS: dict[tuple[bool, bool], tuple[str, Callable[..., grpc.RpcMethodHandler]]] = {
+    (False, False): ("unary_unary", grpc.unary_unary_rpc_method_handler),
+    (False, True): ("unary_stream", grpc.unary_stream_rpc_method_handler),
+    (True, False): ("stream_unary", grpc.stream_unary_rpc_method_handler),
+    (True, True): ("stream_stream", grpc.stream_stream_rpc_method_handler),
+}
+
 
 class ScopeInterceptor(grpc.aio.ServerInterceptor):
     """Enters `scopes` (outermost first) around each call of every method."""
@@ -51,13 +59,7 @@ class ScopeInterceptor(grpc.aio.ServerInterceptor):
         return wrapped
 
     def _wrap_handler(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
-        kinds = {
-            (False, False): ("unary_unary", grpc.unary_unary_rpc_method_handler),
-            (False, True): ("unary_stream", grpc.unary_stream_rpc_method_handler),
-            (True, False): ("stream_unary", grpc.stream_unary_rpc_method_handler),
-            (True, True): ("stream_stream", grpc.stream_stream_rpc_method_handler),
-        }
-        attr, build = kinds[(handler.request_streaming, handler.response_streaming)]
+        attr, build = _HANDLER_KINDS[(handler.request_streaming, handler.response_streaming)]
         return build(
             self._wrap_behavior(getattr(handler, attr), method),
             request_deserializer=handler.request_deserializer,

@@ -120,6 +120,19 @@ def test_mutual_tls_accepts_a_client_certificate(mtls_server: RunningServer, pki
         assert call_echo(ch) == b"secret"
 
 
+def test_mutual_tls_with_an_aio_channel(
+    mtls_server: RunningServer, pki: Pki, loop_thread: LoopThread
+) -> None:
+    async def call() -> bytes:
+        target = f"127.0.0.1:{mtls_server.port}"
+        async with make_channel(
+            target, tls_ca=pki.ca, tls_cert=pki.client_cert, tls_key=pki.client_key
+        ) as ch:
+            return await ch.unary_unary(f"/{SERVICE}/Echo")(b"aio secret", timeout=10)
+
+    assert loop_thread.run(call()) == b"aio secret"
+
+
 def test_mutual_tls_rejects_a_client_without_certificate(mtls_server: RunningServer, pki: Pki) -> None:
     channel = make_channel(f"127.0.0.1:{mtls_server.port}", tls_ca=pki.ca, aio=False)
     with channel, pytest.raises(grpc.RpcError) as info:
