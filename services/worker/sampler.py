@@ -2,7 +2,7 @@
 
 The order follows vLLM: logit_bias → penalties (repetition over prompt and
 output, presence/frequency over output) → min_tokens → temperature → top-k →
-top-p → min-p → sample. Greedy rows (temperature 0) take the argmax of the
+top-p → min-p → sample. Greedy rows (temperature < 1e-5) take the argmax of the
 logits after the first three, which the later steps would not change anyway.
 
 Sampling is an exponential race, `argmax(probs / E)` with `E ~ Exp(1)` per
@@ -48,6 +48,11 @@ class SamplerOutput:
 class Sampler:
     def __call__(self, logits: torch.Tensor, batch: SamplingBatch) -> SamplerOutput:
         """`logits` [B, V] is not modified."""
+        if tuple(logits.shape) != (batch.num_rows, batch.vocab_size):
+            raise ValueError(
+                f"logits of shape {tuple(logits.shape)} for a sampling batch of "
+                f"{batch.num_rows} rows over a vocabulary of {batch.vocab_size}"
+            )
         if batch.argmax_only:
             return SamplerOutput(token_ids=logits.argmax(dim=-1))
         logits = logits.float()

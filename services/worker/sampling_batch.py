@@ -2,7 +2,7 @@
 
 One tensor per parameter, made with `torch.tensor` from a Python list, and
 nothing at all for a parameter no row uses: a batch of plain greedy requests
-costs three list comprehensions. Token-indexed state (penalty counts, biases,
+costs a few list comprehensions. Token-indexed state (penalty counts, biases,
 masks) is dense `[B, V]` only where a row needs it, and is scattered from flat
 index lists rather than padded per-row tensors.
 """
@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import chain
 
+import numpy as np
 import torch
 
 from cairn.services.worker import rng
@@ -20,6 +21,9 @@ from cairn.services.worker.sampling_params import SamplingParams
 
 _INT = torch.int64
 _FLOAT = torch.float32
+# Temperatures this small are greedy (as in vLLM): dividing by them can push
+# logits to inf, and inf - inf in the softmax is NaN.
+_GREEDY_BELOW = 1e-5
 
 
 @dataclass
@@ -86,7 +90,7 @@ class SamplingBatch:
         the model's EOS, banned (with each row's stop ids) until min_tokens."""
         num_rows = len(params)
         batch = cls(num_rows=num_rows, vocab_size=vocab_size)
-        greedy = [p.greedy for p in params]
+        greedy = [p.temperature < _GREEDY_BELOW for p in params]
         batch.all_greedy = all(greedy)
 
         requested = [p.logprobs for p in params if p.logprobs is not None]
@@ -193,9 +197,12 @@ def _column(values: list, dtype: torch.dtype, device: torch.device | str) -> tor
 
 def _flat(rows: list[int], token_lists: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
     """Ragged per-row token lists as flat (row index, token id) CPU tensors."""
-    lengths = torch.tensor([len(t) for t in token_lists], dtype=_INT)
-    row_index = torch.tensor(rows, dtype=_INT).repeat_interleave(lengths)
-    return row_index, torch.tensor(list(chain.from_iterable(token_lists)), dtype=_INT)
+    lengths = [len(t) for t in token_lists]
+    row_index = torch.tensor(rows, dtype=_INT).repeat_interleave(torch.tensor(lengths, dtype=_INT))
+    # fromiter with a known count is several times faster than torch.tensor on
+    # a list, and penalized rows carry their whole prompt here every step.
+    token_ids = np.fromiter(chain.from_iterable(token_lists), dtype=np.int64, count=sum(lengths))
+    return row_index, torch.from_numpy(token_ids)
 
 
 def _token_counts(

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
-from cairn.services.worker.sampler import prompt_logprobs
+from cairn.services.worker.sampler import Sampler, prompt_logprobs
 from cairn.services.worker.sampling_params import SamplingParams
 
 VOCAB = 40
@@ -30,6 +31,15 @@ def test_greedy_rows_take_the_argmax_beside_random_rows(sample) -> None:
     tokens = sample(logits, params).token_ids.cpu()
     rows = [0, 2, 4, 5]
     assert torch.equal(tokens[rows], logits[rows].argmax(-1))
+
+
+def test_a_vanishing_temperature_is_greedy(build, sample) -> None:
+    logits = random_logits(4, seed=6) * 1e4
+    params = [SamplingParams(temperature=1e-9), SamplingParams(), SamplingParams(temperature=1e-36)] * 2
+    logits = torch.cat([logits, logits[:2]])
+    assert build(params, VOCAB).greedy.tolist() == [True, False, True] * 2
+    tokens = sample(logits, params).token_ids.cpu()
+    assert torch.equal(tokens[[0, 2, 3, 5]], logits[[0, 2, 3, 5]].argmax(-1))
 
 
 def test_greedy_takes_the_argmax_after_bias_and_penalties(sample) -> None:
@@ -83,3 +93,11 @@ def test_prompt_logprobs_score_each_next_token(device) -> None:
     values, ids = expected.topk(4, dim=-1)
     assert torch.equal(top_ids, ids)
     torch.testing.assert_close(top_logprobs, values)
+
+
+def test_logits_must_match_the_batch(build, device) -> None:
+    batch = build([SamplingParams(temperature=0.0)] * 2, VOCAB)
+    with pytest.raises(ValueError, match="vocabulary of 40"):
+        Sampler()(torch.zeros(2, VOCAB + 8, device=device), batch)
+    with pytest.raises(ValueError, match="2 rows"):
+        Sampler()(torch.zeros(3, VOCAB, device=device), batch)
