@@ -197,7 +197,10 @@ class ModelRunner:
         if step.num_steps > 1:
             return self._multi_step(states, starts, step.num_steps)
         batch = self.builder.build(states, starts, counts, sample)
-        logits = self._logits(batch)
+        hidden = self._hidden(batch)
+        if not batch.sampled and not batch.prompt_logprobs:
+            return StepOutput()
+        logits = self.model.compute_logits(hidden)
         outputs: dict[int, SeqOutput] = {}
         if batch.sampled:
             rows = (
@@ -254,6 +257,10 @@ class ModelRunner:
             (ends > known, "schedules tokens the worker does not have"),
             (last_slot > self.max_model_len, f"would pass max_model_len ({self.max_model_len})"),
             (blocks * self.block_size < last_slot, "has too few blocks for the tokens scheduled"),
+            (
+                blocks > table.max_blocks_per_seq,
+                f"holds more blocks than max_model_len ({self.max_model_len}) needs",
+            ),
             (sample & (ends != known), "samples before the end of its known tokens"),
         ]
         if num_steps > 1:
@@ -267,24 +274,28 @@ class ModelRunner:
         if (num_tokens := int(counts.sum())) > config.max_num_batched_tokens:
             limit = config.max_num_batched_tokens
             raise InvalidArgument(f"{num_tokens} tokens in one step; max_num_batched_tokens is {limit}")
+        new_blocks = [b for s in scheduled for b in s.new_block_ids]
+        if new_blocks and not 0 <= min(new_blocks) <= max(new_blocks) < self.num_blocks:
+            raise InvalidArgument(f"new_block_ids must be in [0, {self.num_blocks})")
         for state, s in zip(states, scheduled, strict=True):
             if s.new_block_ids:
                 table.append_blocks(state, s.new_block_ids)
         return states, starts, counts, sample
 
-    def _logits(self, batch: HostBatch, input_ids: torch.Tensor | None = None) -> torch.Tensor:
-        """Logits [N, vocab] float32 of the rows that need them (`batch.logits_indices`)."""
-        model = self.model
+    def _hidden(self, batch: HostBatch, input_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """Final hidden states of the rows that need logits (`batch.logits_indices`).
+
+        `input_ids` (on the device) replaces the host's token ids: multi-step
+        decode feeds back tokens the host has not seen yet.
+        """
         graphs = self.graphs
         if graphs is not None and batch.logits_indices is None and graphs.fits(batch):
-            return model.compute_logits(graphs.run(batch, input_ids))
+            return graphs.run(batch, input_ids)
         inputs = self.builder.upload(batch)
         if input_ids is not None:
             inputs.input_ids.copy_(input_ids)
-        hidden = model(inputs.input_ids, inputs.positions, inputs.meta, self.kv_cache.layers)
-        if inputs.logits_indices is not None:
-            hidden = hidden[inputs.logits_indices]
-        return model.compute_logits(hidden)
+        hidden = self.model(inputs.input_ids, inputs.positions, inputs.meta, self.kv_cache.layers)
+        return hidden if inputs.logits_indices is None else hidden[inputs.logits_indices]
 
     def _multi_step(self, states: list[SeqState], starts: np.ndarray, num_steps: int) -> StepOutput:
         """num_steps decodes in one call. When sampling is a plain argmax the
@@ -300,7 +311,7 @@ class ModelRunner:
             device_tokens = []
             for k in range(num_steps):
                 batch = self.builder.build(states, starts + k, ones, flags)
-                previous = self._logits(batch, previous).argmax(dim=-1)
+                previous = self.model.compute_logits(self._hidden(batch, previous)).argmax(dim=-1)
                 device_tokens.append(previous)
             for i, row in enumerate(torch.stack(device_tokens, dim=1).tolist()):
                 for token in row:
@@ -310,7 +321,8 @@ class ModelRunner:
         for k in range(num_steps):
             if k:
                 sampling = self._sampling_batch(states)
-            result = self.sampler(self._logits(self.builder.build(states, starts + k, ones, flags)), sampling)
+            hidden = self._hidden(self.builder.build(states, starts + k, ones, flags))
+            result = self.sampler(self.model.compute_logits(hidden), sampling)
             for state, output, token in zip(states, outputs, self._tokens(states, result), strict=True):
                 self.table.append_token(state, token.token_id)
                 output.tokens.append(token)

@@ -88,18 +88,9 @@ class SequenceTable:
         return True
 
     def append_blocks(self, state: SeqState, block_ids: list[int]) -> None:
+        """Block ids must already be checked: in range, and within max_blocks_per_seq in all."""
         count = len(block_ids)
-        if state.num_blocks + count > self.max_blocks_per_seq:
-            raise InvalidArgument(
-                f"sequence {state.seq_id} would hold {state.num_blocks + count} blocks; "
-                f"max_model_len {self.max_model_len} needs at most {self.max_blocks_per_seq}"
-            )
-        ids = np.asarray(block_ids, dtype=np.int64)
-        if ids.min() < 0 or ids.max() >= self.num_kv_blocks:
-            raise InvalidArgument(
-                f"block ids for sequence {state.seq_id} must be in [0, {self.num_kv_blocks}), got {block_ids}"
-            )
-        self.block_tables[state.row, state.num_blocks : state.num_blocks + count] = ids
+        self.block_tables[state.row, state.num_blocks : state.num_blocks + count] = block_ids
         state.num_blocks += count
 
     def append_token(self, state: SeqState, token_id: int) -> None:
