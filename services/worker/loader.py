@@ -24,16 +24,19 @@ _SINGLE = "model.safetensors"
 
 
 def resolve_model_path(ref_or_dir: str | Path, cache_dir: Path | None = None) -> Path:
-    """A local directory as is; a registry reference pulled into `cache_dir` first."""
+    """A local directory as is; a registry reference ("name@alias", "name@3") pulled
+    once into `cache_dir` (default: the registry client's cache) from the
+    registry at $CAIRN_REGISTRY."""
     text = str(ref_or_dir)
     path = Path(text).expanduser()
     if path.is_dir():
         return path
     if text.startswith(("/", "./", "../", "~")) or path.exists():
         raise NotFound(f"model directory {text} does not exist")
-    from cairn.services.registry.client import pull_model
+    from cairn.services.registry.client import RegistryClient
 
-    return pull_model(text, cache_dir)
+    with RegistryClient() as client:
+        return client.materialize(text, cache_dir)
 
 
 def checkpoint_files(model_dir: Path) -> list[Path]:
