@@ -105,7 +105,9 @@ def parse_ref(text: str) -> Ref:
     if _NUMBER_RE.fullmatch(selector):
         number = int(selector)
         if number > MAX_VERSION:
-            raise InvalidArgument(f"reference {text!r}: version {number} is out of range (max {MAX_VERSION})")
+            raise InvalidArgument(
+                f"reference {text!r}: version {number} is out of range (max {MAX_VERSION}); {REF_GRAMMAR}"
+            )
         return Ref(name, version=number)
     if len(selector) <= MAX_ALIAS_LENGTH and _ALIAS_RE.fullmatch(selector) and selector.lower() != LATEST:
         return Ref(name, alias=selector)

@@ -109,13 +109,16 @@ class MetadataStore:
         description: str,
         labels: dict[str, str],
     ) -> Version:
-        if create_model:
-            self._write(lambda conn: self._insert_ignore(conn, models, _new_model(model, "", {})))
-
         def run(conn: sa.Connection) -> Version:
-            row = conn.execute(
+            # The model row doubles as the version counter; its lock serializes numbering per model.
+            locked = (
                 sa.select(models.c.id, models.c.next_version).where(models.c.name == model).with_for_update()
-            ).one_or_none()
+            )
+            row = conn.execute(locked).one_or_none()
+            if row is None and create_model:
+                # In this transaction, so a draft that fails (a bad parent) leaves no empty model behind.
+                self._insert_ignore(conn, models, _new_model(model, "", {}))
+                row = conn.execute(locked).one_or_none()
             if row is None:
                 raise NotFound(_unknown_model(model) + "; create it first or set create_model")
             parent_rows = [self._parent_row(conn, ref) for ref in parents]
@@ -341,19 +344,26 @@ class MetadataStore:
         return self._read(run)
 
     def _walk(self, conn: sa.Connection, start: int, depth: int, *, up: bool) -> list[int]:
-        """Breadth-first over parent edges (`up`) or child edges; each id once, nearest generation first."""
+        """Breadth-first over parent edges (`up`) or child edges; each id once.
+
+        Nearest generation first; within one, by model name then number (sorted
+        here, not in SQL, so the order does not depend on the database collation).
+        """
         near, far = (version_parents.c.child_id, version_parents.c.parent_id)
         if not up:
             near, far = far, near
         seen, order, frontier = {start}, [], [start]
         for _ in range(depth):
-            query = (
-                sa.select(far)
+            rows = conn.execute(
+                sa.select(far.label("id"), models.c.name, versions.c.number)
                 .join(versions, versions.c.id == far)
+                .join(models, models.c.id == versions.c.model_id)
                 .where(near.in_(frontier), versions.c.state != VersionState.DRAFT.value)
-                .order_by(versions.c.model_id, versions.c.number)
+            ).all()
+            ranked = sorted(
+                {r.id: (r.name, r.number) for r in rows if r.id not in seen}.items(), key=lambda x: x[1]
             )
-            frontier = [i for i in dict.fromkeys(conn.execute(query).scalars()) if i not in seen]
+            frontier = [version_id for version_id, _ in ranked]
             if not frontier:
                 break
             seen.update(frontier)
