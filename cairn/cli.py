@@ -12,7 +12,11 @@ import argparse
 import importlib
 import sys
 
-COMMAND_MODULES: tuple[str, ...] = ("cairn.tiny.cli", "cairn.services.registry.cli")
+COMMAND_MODULES: tuple[str, ...] = (
+    "cairn.tiny.cli",
+    "cairn.services.registry.cli",
+    "cairn.services.worker.cli",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -44,3 +44,17 @@ def tiny_model_factory(tmp_path_factory: pytest.TempPathFactory) -> TinyModelFac
 def tiny_model_dir(tiny_model_factory: TinyModelFactory) -> Path:
     """The default tiny model: Llama architecture, float32, 2 layers, 2048-token vocabulary."""
     return tiny_model_factory()
+
+
+@pytest.fixture(scope="session")
+def ray_local() -> Any:
+    """A local Ray instance for the whole session (2 CPUs, no dashboard).
+
+    Ray takes seconds to start, so suites share one; tests must kill the
+    actors they create.
+    """
+    import ray
+
+    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    yield ray
+    ray.shutdown()

@@ -76,6 +76,11 @@ class DeadlineExceeded(CairnError):
     http_status = 504
 
 
+class Unimplemented(CairnError):
+    code = grpc.StatusCode.UNIMPLEMENTED
+    http_status = 501
+
+
 _BY_CODE = {cls.code: cls for cls in CairnError.__subclasses__()}
 
 
