@@ -53,6 +53,7 @@ class DecodeGraphs:
         for lower, upper in zip([0, *self.sizes], self.sizes, strict=False):
             self._bucket[lower + 1 : upper + 1] = upper
 
+    @torch.inference_mode()
     def capture(self) -> None:
         # Largest first, sharing one memory pool: smaller graphs fit in what
         # the larger ones already reserved.

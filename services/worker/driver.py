@@ -55,8 +55,7 @@ class Driver:
         new_seqs = [
             NewSequence(s, list(p), len(p), sp) for s, p, sp in zip(seq_ids, prompts, params, strict=True)
         ]
-        outputs: dict[int, list[int]] = {s: [] for s in seq_ids}
-        self._prefill(new_seqs, blocks, outputs)
+        outputs = self.prefill(new_seqs, blocks)
         remaining = {s: sp.max_tokens - 1 for s, sp in zip(seq_ids, params, strict=True)}
         lengths = {s: len(p) + 1 for s, p in zip(seq_ids, prompts, strict=True)}
         finished = [s for s in seq_ids if remaining[s] == 0]
@@ -76,10 +75,10 @@ class Driver:
         runner.free(seq_ids)
         return [outputs[s] for s in seq_ids]
 
-    def _prefill(
-        self, new_seqs: list[NewSequence], blocks: dict[int, list[int]], outputs: dict[int, list[int]]
-    ) -> None:
-        """Chunks every prompt into steps of at most max_num_batched_tokens tokens."""
+    def prefill(self, new_seqs: list[NewSequence], blocks: dict[int, list[int]]) -> dict[int, list[int]]:
+        """Introduces and prefills `new_seqs` (each with its whole block table) in steps of
+        at most max_num_batched_tokens tokens; returns the token each sampled."""
+        outputs: dict[int, list[int]] = {seq.seq_id: [] for seq in new_seqs}
         budget = self.runner.config.max_num_batched_tokens
         pending = [(seq, 0) for seq in new_seqs]
         introduced: set[int] = set()
@@ -104,3 +103,4 @@ class Driver:
             for output in self.runner.step(step).outputs:
                 outputs[output.seq_id] += [t.token_id for t in output.tokens]
             pending = carry
+        return outputs

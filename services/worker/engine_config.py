@@ -15,6 +15,7 @@ from cairn.common.errors import InvalidArgument
 
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 _DEVICES = ("auto", "cpu", "cuda", "xpu")
+_LOAD_FORMATS = ("safetensors", "dummy")
 
 
 @dataclass
@@ -43,11 +44,15 @@ class EngineConfig:
     seed: int = 0
     # Where registry references are pulled to.
     model_cache_dir: Path | None = None
+    # "safetensors" loads the checkpoint; "dummy" gives random weights from config.json
+    # alone (benchmarks and profiling, like vLLM's load_format=dummy).
+    load_format: str = "safetensors"
 
     def __post_init__(self) -> None:
         checks = [
             (self.dtype == "auto" or self.dtype in _DTYPES, f"dtype must be auto or one of {list(_DTYPES)}"),
             (self.device in _DEVICES, f"device must be one of {list(_DEVICES)}, got {self.device!r}"),
+            (self.load_format in _LOAD_FORMATS, f"load_format must be one of {list(_LOAD_FORMATS)}"),
             (self.block_size > 0, f"block_size must be > 0, got {self.block_size}"),
             (
                 0.0 < self.gpu_memory_utilization <= 1.0,

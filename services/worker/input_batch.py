@@ -81,29 +81,25 @@ class Staging:
     steps). On the CPU the "device" buffer is the host buffer itself.
     """
 
-    def __init__(
-        self, capacity: int, device: torch.device, device_buffer: torch.Tensor | None = None
-    ) -> None:
+    def __init__(self, capacity: int, device: torch.device) -> None:
         self.on_host = device.type == "cpu"
         count = 1 if self.on_host else 2
         self._hosts = [
             torch.zeros(capacity, dtype=torch.int32, pin_memory=not self.on_host) for _ in range(count)
         ]
         self._arrays = [host.numpy() for host in self._hosts]
-        self._events = [None] * len(self._hosts)
-        if device_buffer is None:
-            device_buffer = (
-                self._hosts[0] if self.on_host else torch.zeros(capacity, dtype=torch.int32, device=device)
-            )
-        self.device = device_buffer
+        # Synchronizing on a never-recorded event returns at once.
+        self._events = [] if self.on_host else [torch.Event(device) for _ in range(count)]
+        self.device = (
+            self._hosts[0] if self.on_host else torch.zeros(capacity, dtype=torch.int32, device=device)
+        )
         self._current = 0
 
     def host(self) -> np.ndarray:
         """The next host buffer, once the device has finished copying out of it."""
         self._current = (self._current + 1) % len(self._hosts)
-        event = self._events[self._current]
-        if event is not None:
-            event.synchronize()
+        if self._events:
+            self._events[self._current].synchronize()
         return self._arrays[self._current]
 
     def upload(self, count: int) -> torch.Tensor:
@@ -111,9 +107,7 @@ class Staging:
         if self.on_host:
             return self.device[:count]
         self.device[:count].copy_(self._hosts[self._current][:count], non_blocking=True)
-        event = torch.Event(self.device.device)
-        event.record()
-        self._events[self._current] = event
+        self._events[self._current].record()
         return self.device[:count]
 
 

@@ -84,6 +84,19 @@ def build_model(
     return model.eval().requires_grad_(False)
 
 
+def init_dummy_weights(model: LlamaForCausalLM, seed: int) -> None:
+    """Random weights, N(0, 0.02) with unit norm scales: the numerics of a trained
+    model are irrelevant to a benchmark, but NaNs or overflow would not be."""
+    device = model.lm_head.weight.device
+    generator = torch.Generator(device).manual_seed(seed)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name.endswith("norm.weight"):
+                param.fill_(1.0)
+            else:
+                param.normal_(0.0, 0.02, generator=generator)
+
+
 def load_model(
     model_dir: Path, config: ModelConfig, device: torch.device, dtype: torch.dtype, max_position: int
 ) -> LlamaForCausalLM:

@@ -22,7 +22,7 @@ from cairn.services.worker.cuda_graphs import DecodeGraphs
 from cairn.services.worker.engine_config import EngineConfig
 from cairn.services.worker.input_batch import HostBatch, InputBatchBuilder
 from cairn.services.worker.kv_cache import KVCache, accelerator_kv_budget, num_blocks_for
-from cairn.services.worker.loader import load_model, resolve_model_path
+from cairn.services.worker.loader import build_model, init_dummy_weights, load_model, resolve_model_path
 from cairn.services.worker.models import LlamaForCausalLM, ModelConfig
 from cairn.services.worker.sampler import Sampler, SamplerOutput, SamplingBatch, prompt_logprobs
 from cairn.services.worker.sampling_params import SamplingParams
@@ -70,7 +70,11 @@ class ModelRunner:
         self.max_model_len = config.max_model_len or limit
         self.eos_token_id = model_config.eos_token_ids[0] if model_config.eos_token_ids else None
         torch.manual_seed(config.seed)
-        self.model = load_model(self.model_dir, model_config, self.device, self.dtype, self.max_model_len)
+        if config.load_format == "dummy":
+            self.model = build_model(model_config, self.device, self.dtype, self.max_model_len)
+            init_dummy_weights(self.model, config.seed)
+        else:
+            self.model = load_model(self.model_dir, model_config, self.device, self.dtype, self.max_model_len)
         self.weight_bytes = sum(p.nbytes for p in self.model.parameters())
         log.info(
             "loaded %s (%s) on %s as %s: %.2f GiB of weights",
