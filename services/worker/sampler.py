@@ -83,7 +83,7 @@ def adjusted_logits(logits: torch.Tensor, batch: SamplingBatch) -> torch.Tensor:
         counts = batch.output_counts
         logits = logits - batch.frequency_penalty * counts - batch.presence_penalty * (counts > 0)
     if batch.banned_tokens is not None:
-        logits = logits.index_put(batch.banned_tokens, torch.tensor(_NEG_INF, device=logits.device))
+        logits = logits.index_put(batch.banned_tokens, logits.new_full((), _NEG_INF))
     return logits
 
 

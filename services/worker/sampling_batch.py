@@ -107,7 +107,7 @@ class SamplingBatch:
                 banned_ids.append(ids)
         if banned_rows:
             row_index, token_ids = _flat(banned_rows, banned_ids)
-            batch.banned_tokens = (row_index.to(device), token_ids.to(device))
+            batch.banned_tokens = (_to_device(row_index, device), _to_device(token_ids, device))
 
         batch.argmax_only = batch.all_greedy and not (
             bias_rows
@@ -192,7 +192,17 @@ def _set_random_params(
 
 
 def _column(values: list, dtype: torch.dtype, device: torch.device | str) -> torch.Tensor:
-    return torch.tensor(values, dtype=dtype, device=device)
+    return _to_device(torch.tensor(values, dtype=dtype), device)
+
+
+def _to_device(tensor: torch.Tensor, device: torch.device | str) -> torch.Tensor:
+    """A host tensor on `device` without stalling the host: a copy from pageable
+    memory waits for everything queued on the stream (the forward, say), one
+    from pinned memory is queued behind it."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return tensor.to(device)
+    return tensor.pin_memory().to(device, non_blocking=True)
 
 
 def _flat(rows: list[int], token_lists: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -222,7 +232,8 @@ def _token_counts(
     row_index, token_ids = row_index[in_vocab], token_ids[in_vocab]
     counts = torch.zeros(num_rows, vocab_size, dtype=_FLOAT, device=device)
     ones = torch.ones(len(token_ids), dtype=_FLOAT, device=device)
-    return counts.index_put_((row_index.to(device), token_ids.to(device)), ones, accumulate=True)
+    indices = (_to_device(row_index, device), _to_device(token_ids, device))
+    return counts.index_put_(indices, ones, accumulate=True)
 
 
 def _logit_bias(
@@ -230,7 +241,7 @@ def _logit_bias(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     row_index, token_ids = _flat(rows, [list(params[i].logit_bias) for i in rows])
     values = torch.tensor([v for i in rows for v in params[i].logit_bias.values()], dtype=_FLOAT)
-    return row_index.to(device), token_ids.to(device), values.to(device)
+    return _to_device(row_index, device), _to_device(token_ids, device), _to_device(values, device)
 
 
 def _stop_ids(params: SamplingParams, eos_token_id: int | None) -> list[int]:
