@@ -16,6 +16,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "cairn.tiny.cli",
     "cairn.services.registry.cli",
     "cairn.services.worker.cli",
+    "cairn.services.tokenizer.cli",
     "cairn.up",
 )
 

@@ -1,0 +1,176 @@
+"""Incremental detokenization for many streams at once, stateless between calls.
+
+The algorithm is vLLM's and TGI's: a stream's state holds a short tail of its
+tokens, `prefix_offset` (where the context starts) and `read_offset` (how many
+have had their text emitted). New tokens are decoded together with that
+context, and the text beyond `decode(context[prefix:read])` is emitted only
+once it does not end in U+FFFD, i.e. once the last character is complete:
+byte-level tokens may split a character, and their lone bytes decode to U+FFFD.
+Decoding in context (instead of token by token) also keeps the spaces that
+SentencePiece-style decoders drop from a sequence's first token.
+
+Every decode of one call is queued first and then run as one
+`tokenizers.Tokenizer.decode_batch` per tokenizer, so a call costs one pass
+into Rust per model, whatever the number of streams.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+from cairn.common.errors import InvalidArgument
+
+from .model_tokenizer import ModelTokenizer
+from .records import CONTEXT_TOKENS, DetokenizeState, StreamResult, StreamStep
+
+REPLACEMENT_CHAR = "\ufffd"
+# A character is at most 4 bytes, so its end is at most 3 tokens after a
+# point where the text was complete: the earlier emit points worth trying.
+_MAX_SPLIT_BACK = 3
+# Text still incomplete after this many held tokens is an invalid byte sequence
+# no later token can repair (a model can sample one): emit it as the full
+# decode shows it, so a stream's state stays small.
+MAX_HELD_TOKENS = 16
+
+
+_QueueKey = tuple[ModelTokenizer, bool]
+_Ticket = tuple[_QueueKey, int]
+
+
+class _DecodeQueue:
+    """Token id sequences per (tokenizer, skip_special_tokens), decoded in one batch call each."""
+
+    def __init__(self) -> None:
+        self._queues: dict[_QueueKey, list[list[int]]] = {}
+        self._texts: dict[_QueueKey, list[str]] = {}
+
+    def add(self, tokenizer: ModelTokenizer, ids: list[int], skip_special_tokens: bool) -> _Ticket:
+        key = (tokenizer, skip_special_tokens)
+        queue = self._queues.setdefault(key, [])
+        queue.append(ids)
+        return key, len(queue) - 1
+
+    def run(self) -> None:
+        for (tokenizer, skip), queue in self._queues.items():
+            self._texts[(tokenizer, skip)] = tokenizer.backend.decode_batch(queue, skip_special_tokens=skip)
+
+    def text(self, ticket: _Ticket) -> str:
+        key, index = ticket
+        return self._texts[key][index]
+
+
+@dataclass
+class _Stream:
+    """One stream's working copy: its context plus the new tokens, and where its offsets stand."""
+
+    step: StreamStep
+    tokenizer: ModelTokenizer
+    ids: list[int]
+    prefix: int
+    read: int
+    held_before: int
+    prefix_ticket: _Ticket
+    full_ticket: _Ticket
+    token_tickets: list[_Ticket]
+    split_tickets: list[tuple[int, _Ticket]] = field(default_factory=list)
+    text: str = ""
+
+    def emit(self, prefix_text: str, text: str, upto: int) -> None:
+        """Emit the text of the tokens up to `upto`; the emitted ones become the next context."""
+        if upto > self.read:
+            self.text = _suffix_after(prefix_text, text)
+            self.prefix, self.read = self.read, upto
+
+    def result(self, queue: _DecodeQueue) -> StreamResult:
+        # Keep the unemitted tokens and at most CONTEXT_TOKENS before them.
+        start = max(self.prefix, self.read - CONTEXT_TOKENS)
+        state = DetokenizeState(tuple(self.ids[start:]), 0, self.read - start)
+        return StreamResult(
+            stream_id=self.step.stream_id,
+            text=self.text,
+            state=state,
+            token_texts=[queue.text(t) for t in self.token_tickets],
+        )
+
+
+def detokenize_batch(
+    steps: Sequence[StreamStep], tokenizers: Mapping[str, ModelTokenizer]
+) -> list[StreamResult]:
+    """Advance each stream by its new tokens; `tokenizers` maps each step's model to its tokenizer."""
+    if not steps:
+        raise InvalidArgument("streams is empty; send the streams that advanced")
+    first = _DecodeQueue()
+    streams = [_open(i, step, tokenizers[step.model], first) for i, step in enumerate(steps)]
+    first.run()
+
+    # Streams whose text ends mid-character may still emit up to an earlier
+    # token whose text is complete; those candidates take a second batch.
+    splits = _DecodeQueue()
+    for s in streams:
+        full = first.text(s.full_ticket)
+        if s.step.final or s.held_before >= MAX_HELD_TOKENS or not full.endswith(REPLACEMENT_CHAR):
+            s.emit(first.text(s.prefix_ticket), full, len(s.ids))
+            continue
+        lowest = max(s.read + 1, len(s.ids) - _MAX_SPLIT_BACK)
+        s.split_tickets = [
+            (end, splits.add(s.tokenizer, s.ids[s.prefix : end], s.step.skip_special_tokens))
+            for end in range(len(s.ids) - 1, lowest - 1, -1)
+        ]
+    splits.run()
+    for s in streams:
+        for end, ticket in s.split_tickets:
+            text = splits.text(ticket)
+            if not text.endswith(REPLACEMENT_CHAR):
+                s.emit(first.text(s.prefix_ticket), text, end)
+                break
+    return [s.result(first) for s in streams]
+
+
+def _open(index: int, step: StreamStep, tokenizer: ModelTokenizer, queue: _DecodeQueue) -> _Stream:
+    """Validate a step and queue its decodes: the emitted context, everything, and each new token."""
+    state = step.state
+    context = list(state.context_token_ids)
+    where = f"streams[{index}] ({step.stream_id!r})" if step.stream_id else f"streams[{index}]"
+    if not 0 <= state.prefix_offset <= state.read_offset <= len(context):
+        raise InvalidArgument(
+            f"{where}: state offsets (prefix {state.prefix_offset}, read {state.read_offset}) do not fit its "
+            f"{len(context)} context tokens; send back the state the previous call returned"
+        )
+    new = list(step.new_token_ids)
+    tokenizer.check_token_ids(context, f"{where} state")
+    tokenizer.check_token_ids(new, where)
+    read = state.read_offset
+    # Equal offsets are a seeded stream (prompt tail as context): decode the
+    # first new tokens after the tail's last few tokens.
+    prefix = state.prefix_offset if state.prefix_offset < read else max(0, read - CONTEXT_TOKENS)
+    ids = context + new
+    skip = step.skip_special_tokens
+    return _Stream(
+        step,
+        tokenizer,
+        ids,
+        prefix,
+        read,
+        held_before=len(context) - read,
+        prefix_ticket=queue.add(tokenizer, ids[prefix:read], skip),
+        full_ticket=queue.add(tokenizer, ids[prefix:], skip),
+        token_tickets=[queue.add(tokenizer, [t], False) for t in new],
+    )
+
+
+def _suffix_after(prefix_text: str, text: str) -> str:
+    """What `text` adds to `prefix_text`.
+
+    Normally `text` extends `prefix_text`. When it does not (a U+FFFD emitted
+    for an invalid sequence that later bytes turned into a character), the new
+    text after the common part is emitted, so nothing is lost.
+    """
+    if text.startswith(prefix_text):
+        return text[len(prefix_text) :]
+    common = 0
+    for a, b in zip(prefix_text, text, strict=False):
+        if a != b:
+            break
+        common += 1
+    return text[common:]
