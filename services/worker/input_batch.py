@@ -46,8 +46,10 @@ class HostBatch:
     query_start_loc: np.ndarray | None
     # Rows of the hidden states that need logits; None means all of them.
     logits_indices: np.ndarray | None
-    # The sequences that sample, and their rows in the logits (None: row i is sampled[i]).
+    # The sequences that sample, their table rows, and their rows in the logits
+    # (None: logits row i is sampled[i]).
     sampled: list[SeqState]
+    sampled_rows: np.ndarray
     sample_rows: np.ndarray | None = None
     prompt_logprobs: list[PromptLogprobSpan] = field(default_factory=list)
 
@@ -121,17 +123,21 @@ class InputBatchBuilder:
         self.staging = Staging(capacity, device)
 
     def build(
-        self, states: list[SeqState], starts: np.ndarray, counts: np.ndarray, sample: np.ndarray
+        self,
+        states: list[SeqState],
+        rows: np.ndarray,
+        starts: np.ndarray,
+        counts: np.ndarray,
+        sample: np.ndarray,
     ) -> HostBatch:
-        """`starts` [S] tokens already cached, `counts` [S] tokens to compute, `sample` [S] bool."""
+        """Per sequence: its table row, tokens already cached, tokens to compute, whether it samples."""
         prefill = counts != 1
         num_decodes = len(states) - int(prefill.sum())
         if num_decodes and not prefill[:num_decodes].all() and prefill.any():
             order = np.argsort(prefill, kind="stable")
             states = [states[i] for i in order]
-            starts, counts, sample = starts[order], counts[order], sample[order]
+            rows, starts, counts, sample = rows[order], starts[order], counts[order], sample[order]
         table, block_size = self.table, self.block_size
-        rows = np.fromiter((s.row for s in states), dtype=np.int64, count=len(states))
         seq_lens = starts + counts
         if num_decodes == len(states):
             positions, token_rows = starts, rows
@@ -153,6 +159,7 @@ class InputBatchBuilder:
             query_start_loc=None,
             logits_indices=None,
             sampled=[s for s, flag in zip(states, sample, strict=True) if flag],
+            sampled_rows=rows[sample],
         )
         if num_decodes < len(states):
             batch.query_start_loc = np.concatenate(([0], np.cumsum(counts[num_decodes:])))
@@ -178,7 +185,7 @@ class InputBatchBuilder:
         for i, state in enumerate(states):
             start, count, offset = int(starts[i]), int(counts[i]), int(ends[i] - counts[i])
             if state.sampling.prompt_logprobs is not None:
-                scored = max(0, min(start + count, state.num_prompt_tokens - 1) - start)
+                scored = max(0, min(start + count, len(state.prompt_ids) - 1) - start)
                 if scored:
                     batch.prompt_logprobs.append(PromptLogprobSpan(state, num_rows, start, scored))
                     pieces.append(np.arange(offset, offset + scored))

@@ -20,7 +20,7 @@ import torch
 from cairn.common.errors import FailedPrecondition, InvalidArgument
 from cairn.services.worker.cuda_graphs import DecodeGraphs
 from cairn.services.worker.engine_config import EngineConfig
-from cairn.services.worker.input_batch import HostBatch, InputBatchBuilder
+from cairn.services.worker.input_batch import HostBatch, InputBatchBuilder, PromptLogprobSpan
 from cairn.services.worker.kv_cache import KVCache, accelerator_kv_budget, num_blocks_for
 from cairn.services.worker.loader import build_model, init_dummy_weights, load_model, resolve_model_path
 from cairn.services.worker.models import LlamaForCausalLM, ModelConfig
@@ -197,31 +197,30 @@ class ModelRunner:
             return StepOutput()
         if step.num_steps < 1:
             raise InvalidArgument(f"num_steps must be >= 1, got {step.num_steps}")
-        states, starts, counts, sample = self._admit(step.scheduled, step.num_steps)
+        states, rows, starts, counts, sample = self._admit(step.scheduled, step.num_steps)
         if step.num_steps > 1:
-            return self._multi_step(states, starts, step.num_steps)
-        batch = self.builder.build(states, starts, counts, sample)
+            return self._multi_step(states, rows, starts, step.num_steps)
+        batch = self.builder.build(states, rows, starts, counts, sample)
         hidden = self._hidden(batch)
         if not batch.sampled and not batch.prompt_logprobs:
             return StepOutput()
         logits = self.model.compute_logits(hidden)
         outputs: dict[int, SeqOutput] = {}
         if batch.sampled:
-            rows = (
-                logits
-                if batch.sample_rows is None
-                else logits[torch.from_numpy(batch.sample_rows).to(self.device)]
-            )
-            result = self.sampler(rows, self._sampling_batch(batch.sampled))
-            for state, token in zip(batch.sampled, self._tokens(batch.sampled, result), strict=True):
-                self.table.append_token(state, token.token_id)
+            if batch.sample_rows is not None:
+                logits_rows = logits[torch.from_numpy(batch.sample_rows).to(self.device)]
+            else:
+                logits_rows = logits
+            result = self.sampler(logits_rows, self._sampling_batch(batch.sampled))
+            token_ids = result.token_ids.tolist()
+            self.table.append_tokens(batch.sampled, batch.sampled_rows, [[t] for t in token_ids])
+            for state, token in zip(
+                batch.sampled, self._tokens(batch.sampled, token_ids, result), strict=True
+            ):
                 outputs[state.seq_id] = SeqOutput(state.seq_id, tokens=[token])
         for span in batch.prompt_logprobs:
-            state = span.state
-            output = outputs.setdefault(state.seq_id, SeqOutput(state.seq_id))
-            output.prompt_logprobs = self._prompt_logprobs(
-                span.state, logits, span.logits_row, span.first_position, span.count
-            )
+            output = outputs.setdefault(span.state.seq_id, SeqOutput(span.state.seq_id))
+            output.prompt_logprobs = self._prompt_logprobs(logits, span)
         return StepOutput(list(outputs.values()))
 
     def _copy_blocks(self, pairs: list[tuple[int, int]]) -> None:
@@ -232,26 +231,25 @@ class ModelRunner:
 
     def _admit(
         self, scheduled: list[ScheduledSeq], num_steps: int
-    ) -> tuple[list[SeqState], np.ndarray, np.ndarray, np.ndarray]:
-        """Checks the step against each sequence's state, then appends its new blocks."""
+    ) -> tuple[list[SeqState], np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Checks the step against each sequence's state, then appends its new blocks.
+
+        Returns (states, table rows, tokens cached, tokens to compute, sample flags).
+        """
         config, table = self.config, self.table
         states = [table.get(s.seq_id) for s in scheduled]
-        if len(states) > config.max_num_seqs:
-            raise InvalidArgument(
-                f"{len(states)} sequences in one step; max_num_seqs is {config.max_num_seqs}"
-            )
-        if len({s.seq_id for s in scheduled}) != len(scheduled):
+        count = len(states)
+        if count > config.max_num_seqs:
+            raise InvalidArgument(f"{count} sequences in one step; max_num_seqs is {config.max_num_seqs}")
+        if len({s.seq_id for s in scheduled}) != count:
             raise InvalidArgument("a sequence is scheduled twice in one step")
-        count = len(scheduled)
+        rows = np.fromiter((st.row for st in states), dtype=np.int64, count=count)
         starts = np.fromiter((s.num_computed_tokens for s in scheduled), dtype=np.int64, count=count)
         counts = np.fromiter((s.num_scheduled_tokens for s in scheduled), dtype=np.int64, count=count)
         sample = np.fromiter((s.sample for s in scheduled), dtype=bool, count=count)
-        known = np.fromiter((s.num_tokens for s in states), dtype=np.int64, count=count)
-        blocks = np.fromiter(
-            (st.num_blocks + len(s.new_block_ids) for st, s in zip(states, scheduled, strict=True)),
-            dtype=np.int64,
-            count=count,
-        )
+        added = np.fromiter((len(s.new_block_ids) for s in scheduled), dtype=np.int64, count=count)
+        known = table.num_tokens[rows]
+        blocks = table.num_blocks[rows] + added
         ends = starts + counts
         # The last of num_steps tokens is sampled, never computed: its slot is not needed.
         last_slot = ends + num_steps - 1
@@ -261,10 +259,7 @@ class ModelRunner:
             (ends > known, "schedules tokens the worker does not have"),
             (last_slot > self.max_model_len, f"would pass max_model_len ({self.max_model_len})"),
             (blocks * self.block_size < last_slot, "has too few blocks for the tokens scheduled"),
-            (
-                blocks > table.max_blocks_per_seq,
-                f"holds more blocks than max_model_len ({self.max_model_len}) needs",
-            ),
+            (blocks > table.max_blocks_per_seq, "holds more blocks than max_model_len needs"),
             (sample & (ends != known), "samples before the end of its known tokens"),
         ]
         if num_steps > 1:
@@ -273,18 +268,18 @@ class ModelRunner:
             )
         for bad, message in problems:
             if bad.any():
-                seq_id = scheduled[int(np.argmax(bad))].seq_id
-                raise InvalidArgument(f"sequence {seq_id} {message}")
+                raise InvalidArgument(f"sequence {scheduled[int(np.argmax(bad))].seq_id} {message}")
         if (num_tokens := int(counts.sum())) > config.max_num_batched_tokens:
             limit = config.max_num_batched_tokens
             raise InvalidArgument(f"{num_tokens} tokens in one step; max_num_batched_tokens is {limit}")
-        new_blocks = [b for s in scheduled for b in s.new_block_ids]
-        if new_blocks and not 0 <= min(new_blocks) <= max(new_blocks) < self.num_blocks:
-            raise InvalidArgument(f"new_block_ids must be in [0, {self.num_blocks})")
-        for state, s in zip(states, scheduled, strict=True):
-            if s.new_block_ids:
-                table.append_blocks(state, s.new_block_ids)
-        return states, starts, counts, sample
+        if added.any():
+            new_blocks = [b for s in scheduled for b in s.new_block_ids]
+            if not 0 <= min(new_blocks) <= max(new_blocks) < self.num_blocks:
+                raise InvalidArgument(f"new_block_ids must be in [0, {self.num_blocks})")
+            for state, s in zip(states, scheduled, strict=True):
+                if s.new_block_ids:
+                    table.append_blocks(state, s.new_block_ids)
+        return states, rows, starts, counts, sample
 
     def _hidden(self, batch: HostBatch, input_ids: torch.Tensor | None = None) -> torch.Tensor:
         """Final hidden states of the rows that need logits (`batch.logits_indices`).
@@ -301,7 +296,9 @@ class ModelRunner:
         hidden = self.model(inputs.input_ids, inputs.positions, inputs.meta, self.kv_cache.layers)
         return hidden if inputs.logits_indices is None else hidden[inputs.logits_indices]
 
-    def _multi_step(self, states: list[SeqState], starts: np.ndarray, num_steps: int) -> StepOutput:
+    def _multi_step(
+        self, states: list[SeqState], rows: np.ndarray, starts: np.ndarray, num_steps: int
+    ) -> StepOutput:
         """num_steps decodes in one call. When sampling is a plain argmax the
         tokens stay on the device, fed back into the next step's input, and
         reach the host once at the end; otherwise each step's tokens come back
@@ -314,21 +311,22 @@ class ModelRunner:
             previous = None
             device_tokens = []
             for k in range(num_steps):
-                batch = self.builder.build(states, starts + k, ones, flags)
+                batch = self.builder.build(states, rows, starts + k, ones, flags)
                 previous = self.model.compute_logits(self._hidden(batch, previous)).argmax(dim=-1)
                 device_tokens.append(previous)
-            for i, row in enumerate(torch.stack(device_tokens, dim=1).tolist()):
-                for token in row:
-                    self.table.append_token(states[i], token)
-                outputs[i].tokens = [SampledToken(t) for t in row]
+            token_ids = torch.stack(device_tokens, dim=1).tolist()
+            self.table.append_tokens(states, rows, token_ids)
+            for output, tokens in zip(outputs, token_ids, strict=True):
+                output.tokens = [SampledToken(t) for t in tokens]
             return StepOutput(outputs)
         for k in range(num_steps):
             if k:
                 sampling = self._sampling_batch(states)
-            hidden = self._hidden(self.builder.build(states, starts + k, ones, flags))
+            hidden = self._hidden(self.builder.build(states, rows, starts + k, ones, flags))
             result = self.sampler(self.model.compute_logits(hidden), sampling)
-            for state, output, token in zip(states, outputs, self._tokens(states, result), strict=True):
-                self.table.append_token(state, token.token_id)
+            token_ids = result.token_ids.tolist()
+            self.table.append_tokens(states, rows, [[t] for t in token_ids])
+            for output, token in zip(outputs, self._tokens(states, token_ids, result), strict=True):
                 output.tokens.append(token)
         return StepOutput(outputs)
 
@@ -344,8 +342,9 @@ class ModelRunner:
             eos_token_id=self.eos_token_id,
         )
 
-    def _tokens(self, states: list[SeqState], result: SamplerOutput) -> list[SampledToken]:
-        token_ids = result.token_ids.tolist()
+    def _tokens(
+        self, states: list[SeqState], token_ids: list[int], result: SamplerOutput
+    ) -> list[SampledToken]:
         if result.logprobs is None:
             return [SampledToken(t) for t in token_ids]
         logprobs, top_ids, top_logprobs = (
@@ -361,13 +360,13 @@ class ModelRunner:
             tokens.append(SampledToken(token_ids[i], logprobs[i], top))
         return tokens
 
-    def _prompt_logprobs(
-        self, state: SeqState, logits: torch.Tensor, row: int, first_position: int, count: int
-    ) -> list[SampledToken]:
-        targets = self.table.token_ids[state.row, first_position + 1 : first_position + 1 + count]
-        k = state.sampling.prompt_logprobs
+    def _prompt_logprobs(self, logits: torch.Tensor, span: PromptLogprobSpan) -> list[SampledToken]:
+        first = span.first_position + 1
+        targets = self.table.token_ids[span.state.row, first : first + span.count].astype(np.int64)
         chosen, top_ids, top_logprobs = prompt_logprobs(
-            logits[row : row + count], torch.from_numpy(targets.astype(np.int64)).to(self.device), k
+            logits[span.logits_row : span.logits_row + span.count],
+            torch.from_numpy(targets).to(self.device),
+            span.state.sampling.prompt_logprobs,
         )
         return [
             SampledToken(int(t), lp, [TokenLogprob(i, v) for i, v in zip(ids, values, strict=True)])

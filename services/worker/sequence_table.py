@@ -20,14 +20,13 @@ from cairn.services.worker.step import NewSequence
 
 @dataclass(eq=False)
 class SeqState:
+    """What a sequence's row in the table does not hold: its identity and sampling state."""
+
     seq_id: int
     row: int
-    num_tokens: int
-    num_prompt_tokens: int
     sampling: SamplingParams
     prompt_ids: list[int]
     output_ids: list[int]
-    num_blocks: int = 0
 
 
 class SequenceTable:
@@ -41,6 +40,9 @@ class SequenceTable:
         self.max_blocks_per_seq = -(-max_model_len // block_size)
         self.token_ids = np.zeros((rows, max_model_len), dtype=np.int32)
         self.block_tables = np.zeros((rows, self.max_blocks_per_seq), dtype=np.int32)
+        # Per row: tokens known (computed or not) and blocks in the table.
+        self.num_tokens = np.zeros(rows, dtype=np.int64)
+        self.num_blocks = np.zeros(rows, dtype=np.int64)
         self.seqs: dict[int, SeqState] = {}
         self._free_rows = list(range(rows - 1, -1, -1))
 
@@ -62,22 +64,23 @@ class SequenceTable:
         state = SeqState(
             seq_id=new.seq_id,
             row=self._take_row(),
-            num_tokens=len(tokens),
-            num_prompt_tokens=new.num_prompt_tokens,
             sampling=new.sampling,
             prompt_ids=list(new.token_ids[: new.num_prompt_tokens]),
             output_ids=list(new.token_ids[new.num_prompt_tokens :]),
         )
-        self.token_ids[state.row, : len(tokens)] = tokens
+        row = state.row
+        self.token_ids[row, : len(tokens)] = tokens
+        self.num_tokens[row] = len(tokens)
+        self.num_blocks[row] = 0
         self.seqs[new.seq_id] = state
         if parent is not None:
             # A fork shares only its parent's full blocks: those are immutable,
             # while the parent's partial last block will keep changing. The
             # scheduler appends the fork's own tail block (a copy-on-write
             # destination of block_copies) through new_block_ids.
-            shared = min(len(tokens) // self.block_size, parent.num_blocks)
-            self.block_tables[state.row, :shared] = self.block_tables[parent.row, :shared]
-            state.num_blocks = shared
+            shared = min(len(tokens) // self.block_size, int(self.num_blocks[parent.row]))
+            self.block_tables[row, :shared] = self.block_tables[parent.row, :shared]
+            self.num_blocks[row] = shared
         return state
 
     def remove(self, seq_id: int) -> bool:
@@ -89,17 +92,23 @@ class SequenceTable:
 
     def append_blocks(self, state: SeqState, block_ids: list[int]) -> None:
         """Block ids must already be checked: in range, and within max_blocks_per_seq in all."""
-        count = len(block_ids)
-        self.block_tables[state.row, state.num_blocks : state.num_blocks + count] = block_ids
-        state.num_blocks += count
+        start = int(self.num_blocks[state.row])
+        self.block_tables[state.row, start : start + len(block_ids)] = block_ids
+        self.num_blocks[state.row] = start + len(block_ids)
 
-    def append_token(self, state: SeqState, token_id: int) -> None:
+    def append_tokens(self, states: list[SeqState], rows: np.ndarray, token_ids: list[list[int]]) -> None:
+        """Appends token_ids[i] (the same count for every sequence) to states[i], whose row is rows[i]."""
+        steps = len(token_ids[0])
+        positions = self.num_tokens[rows, None] + np.arange(steps)
         # A sequence at max_model_len still reports its last token, but can
         # never be computed further, so there is nothing to store.
-        if state.num_tokens < self.max_model_len:
-            self.token_ids[state.row, state.num_tokens] = token_id
-        state.num_tokens += 1
-        state.output_ids.append(token_id)
+        fits = positions < self.max_model_len
+        self.token_ids[np.broadcast_to(rows[:, None], positions.shape)[fits], positions[fits]] = np.asarray(
+            token_ids, dtype=np.int32
+        )[fits]
+        self.num_tokens[rows] += steps
+        for state, tokens in zip(states, token_ids, strict=True):
+            state.output_ids += tokens
 
     def _check_tokens(self, new: NewSequence, tokens: np.ndarray) -> None:
         if not 0 < len(tokens) <= self.max_model_len:
@@ -116,8 +125,10 @@ class SequenceTable:
 
     def _take_row(self) -> int:
         if not self._free_rows:
-            rows = len(self.token_ids)
+            rows = len(self.num_tokens)
             self.token_ids = np.concatenate([self.token_ids, np.zeros_like(self.token_ids)])
             self.block_tables = np.concatenate([self.block_tables, np.zeros_like(self.block_tables)])
+            self.num_tokens = np.concatenate([self.num_tokens, np.zeros_like(self.num_tokens)])
+            self.num_blocks = np.concatenate([self.num_blocks, np.zeros_like(self.num_blocks)])
             self._free_rows = list(range(2 * rows - 1, rows - 1, -1))
         return self._free_rows.pop()

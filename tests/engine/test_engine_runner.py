@@ -83,7 +83,7 @@ def test_multi_step_needs_sampled_decodes(runner) -> None:
         runner.step(StepInput(scheduled=[ScheduledSeq(1, 10, 1)], num_steps=8))
     (output,) = runner.step(StepInput(scheduled=[ScheduledSeq(1, 10, 1)], num_steps=6)).outputs
     assert len(output.tokens) == 6
-    assert runner.table.get(1).num_tokens == 17
+    assert runner.table.num_tokens[runner.table.get(1).row] == 17
 
 
 def test_free_forgets_sequences_and_reintroduction_replaces_state(runner) -> None:
@@ -92,8 +92,8 @@ def test_free_forgets_sequences_and_reintroduction_replaces_state(runner) -> Non
     with pytest.raises(NotFound):
         runner.step(StepInput(scheduled=[ScheduledSeq(1, 10, 1)]))
     runner.step(introduce(runner, 1, 5, [4, 5]))
-    state = runner.table.get(1)
-    assert (state.num_tokens, state.num_blocks) == (6, 2)
+    row = runner.table.get(1).row
+    assert (runner.table.num_tokens[row], runner.table.num_blocks[row]) == (6, 2)
     runner.step(StepInput(finished_seq_ids=[1]))
     assert len(runner.table) == 0
 
