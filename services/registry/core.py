@@ -13,9 +13,9 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 from cairn.common.errors import DataLoss, InvalidArgument, NotFound
+from cairn.common.pagination import decode_token, effective_page_size, encode_token
 
 from .blobs import BlobStore, check_sha256
-from .pagination import decode_token, effective_page_size, encode_token
 from .paths import check_artifact_path
 from .records import DEFAULT_CHUNK_SIZE, Alias, Artifact, Lineage, Model, Page, Version
 from .refs import (

@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
+from cairn.common.db import WRITE_OPTION
 from cairn.common.errors import AlreadyExists, FailedPrecondition, NotFound, Unavailable
 
 from .paths import conflicting_path
@@ -33,7 +34,7 @@ from .records import (
     version_digest,
 )
 from .refs import Ref
-from .schema import WRITE_OPTION, aliases, artifacts, create_engine, models, version_parents, versions
+from .schema import aliases, artifacts, create_engine, models, version_parents, versions
 
 T = TypeVar("T")
 

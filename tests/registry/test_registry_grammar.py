@@ -7,7 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from cairn.common.errors import InvalidArgument
-from cairn.services.registry.pagination import decode_token, effective_page_size, encode_token
+from cairn.common.pagination import decode_token, effective_page_size, encode_token
 from cairn.services.registry.paths import check_artifact_path, conflicting_path
 from cairn.services.registry.records import Artifact, version_digest
 from cairn.services.registry.refs import (
