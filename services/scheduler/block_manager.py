@@ -150,23 +150,32 @@ class BlockManager:
     def append_slots(self, seq_id: int, num_computed_tokens: int, num_tokens: int) -> SlotUpdate | None:
         """Grows the table to hold num_tokens tokens (lookahead slots of a
         multi-step decode included) before positions num_computed_tokens.. are
-        written. Shared blocks in the written range are replaced by copies.
-        Returns None, changing nothing, if the pool is too short."""
-        table = self._tables[seq_id].blocks
-        refs = self.pool.ref_counts
+        written. Shared blocks in the written range are replaced by copies, and
+        a private block there that the prefix cache holds leaves the cache: its
+        contents are about to change. Returns None, changing nothing, if the
+        pool is too short."""
+        record = self._tables[seq_id]
+        table = record.blocks
+        refs, cached = self.pool.ref_counts, self.pool.block_hashes
         end = -(-num_tokens // self.block_size)
         first, stop = num_computed_tokens // self.block_size, min(end, len(table))
         if first + 1 >= stop:
             # The common case (decode, or a chunk into fresh blocks) writes at
             # most one block that already exists.
-            shared = [first] if first < stop and refs[table[first]] > 1 else []
+            touched = first < stop and (refs[table[first]] > 1 or cached[table[first]] is not None)
+            written = [first] if touched else []
         else:
-            shared = [i for i in range(first, stop) if refs[table[i]] > 1]
+            written = [i for i in range(first, stop) if refs[table[i]] > 1 or cached[table[i]] is not None]
         num_new = end - len(table)
-        if num_new <= 0 and not shared:
-            return [], shared
+        if num_new <= 0 and not written:
+            return [], []
+        shared = [i for i in written if refs[table[i]] > 1]
         if max(0, num_new) + len(shared) > self.pool.num_free:
             return None
+        for i in written:
+            if refs[table[i]] == 1:
+                self.pool.uncache(table[i])
+        del record.hashes[first:]
         copies = []
         for i, dst in zip(shared, self.pool.allocate(len(shared)), strict=True):
             copies.append((table[i], dst))

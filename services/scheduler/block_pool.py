@@ -26,7 +26,11 @@ class BlockPool:
         # Insertion order is eviction order; OrderedDict gives O(1) removal
         # from the middle when a prefix hit revives a block.
         self._evictable: OrderedDict[int, None] = OrderedDict()
-        self._cached: dict[bytes, int] = {}
+        # Hash -> every block holding that prefix. Two sequences that computed
+        # the same block at once both register it: if only one did and its
+        # copy were evicted, the other's live copy could no longer be found,
+        # and every block chained after it would be unreachable too.
+        self._cached: dict[bytes, list[int]] = {}
 
     @property
     def num_free(self) -> int:
@@ -43,7 +47,8 @@ class BlockPool:
 
     @property
     def num_cached(self) -> int:
-        return len(self._cached)
+        """Blocks registered under a prefix hash (in use or cached-free)."""
+        return sum(len(blocks) for blocks in self._cached.values())
 
     def allocate(self, count: int) -> list[int]:
         """`count` blocks with ref count 1; the caller checked num_free."""
@@ -55,14 +60,14 @@ class BlockPool:
                 block = self._free.pop()
             else:
                 block, _ = self._evictable.popitem(last=False)
-                del self._cached[self.block_hashes[block]]
-                self.block_hashes[block] = None
+                self.uncache(block)
             self.ref_counts[block] = 1
             blocks.append(block)
         return blocks
 
     def lookup(self, block_hash: bytes) -> int | None:
-        return self._cached.get(block_hash)
+        blocks = self._cached.get(block_hash)
+        return blocks[0] if blocks else None
 
     def touch(self, block: int) -> None:
         """Adds a holder; a cached-free block comes back into use."""
@@ -83,15 +88,23 @@ class BlockPool:
                     self._evictable[block] = None
 
     def register(self, block: int, block_hash: bytes) -> None:
-        """Makes a full, computed block findable by its prefix hash. A hash
-        already cached keeps its block: the duplicate stays private."""
-        if self.block_hashes[block] is None and block_hash not in self._cached:
-            self._cached[block_hash] = block
+        """Makes a full, computed block findable by its prefix hash."""
+        if self.block_hashes[block] is None:
+            self._cached.setdefault(block_hash, []).append(block)
             self.block_hashes[block] = block_hash
+
+    def uncache(self, block: int) -> None:
+        """Takes a registered block out of the prefix cache (its KV is about to change)."""
+        block_hash = self.block_hashes[block]
+        blocks = self._cached[block_hash]
+        blocks.remove(block)
+        if not blocks:
+            del self._cached[block_hash]
+        self.block_hashes[block] = None
 
     def reset_cache(self) -> None:
         """Forgets every cached prefix (the KV behind them is gone, e.g. a worker was replaced)."""
-        for block in self._cached.values():
+        for block in (b for blocks in self._cached.values() for b in blocks):
             self.block_hashes[block] = None
             if block in self._evictable:
                 self._free.append(block)
@@ -119,14 +132,14 @@ class BlockPool:
             _require(self.block_hashes[block] is None, f"free block {block} still has a hash")
         for block in evictable:
             _require(self.block_hashes[block] is not None, f"cached-free block {block} has no hash")
-        for block_hash, block in self._cached.items():
-            _require(
-                self.block_hashes[block] == block_hash, f"hash map points at block {block} with another hash"
-            )
+        for block_hash, blocks in self._cached.items():
+            _require(bool(blocks), "an empty entry in the hash map")
+            for block in blocks:
+                _require(
+                    self.block_hashes[block] == block_hash, f"the map holds block {block} under another hash"
+                )
         hashed = sum(h is not None for h in self.block_hashes)
-        _require(
-            hashed == len(self._cached), f"{hashed} blocks have a hash, the map holds {len(self._cached)}"
-        )
+        _require(hashed == self.num_cached, f"{hashed} blocks have a hash, the map holds {self.num_cached}")
 
 
 def _require(ok: bool, message: str) -> None:

@@ -215,14 +215,16 @@ class Scheduler:
         config = self.config
         b = _StepBuilder(config.max_num_batched_tokens)
         b.finished_seq_ids, self._finished_seq_ids = self._finished_seq_ids, []
-        self._schedule_forks(b)
-        multi_step = config.num_scheduler_steps > 1 and not self.waiting
+        # Several decode steps per call only when nothing is about to start:
+        # a waiting prompt or a fork would otherwise wait K steps for its turn.
+        multi_step = config.num_scheduler_steps > 1 and not self.waiting and not self._pending_forks
         lookahead = config.num_scheduler_steps - 1 if multi_step else 0
+        self._schedule_forks(b)
         self._schedule_decodes(b, lookahead)
         self._schedule_prefills(b)
         if not b.num_preempted:
             self._schedule_waiting(b)
-        return self._finish_step(b, multi_step and b.lookahead_ok and not b.has_prefill)
+        return self._finish_step(b, multi_step and b.lookahead_ok and not b.has_prefill and not b.new_seqs)
 
     def _schedule_forks(self, b: _StepBuilder) -> None:
         """Samples 1.. of a request whose prompt was just prefilled join their
