@@ -75,7 +75,7 @@ def test_checksum_mismatch_is_data_loss(
     assert_nothing_stored(replica, name, draft, hashlib.sha256(data).hexdigest())
 
 
-@pytest.mark.parametrize(("declared", "sent"), [(100_000, 99_999), (100_000, 100_001), (0, 1)])
+@pytest.mark.parametrize(("declared", "sent"), [(100_000, 99_999), (100_000, 100_001), (0, 16)])
 def test_wrong_size_is_data_loss(
     stub: registry_pb2_grpc.RegistryStub, replica: Registry, name: str, draft: int, declared: int, sent: int
 ) -> None:
