@@ -45,6 +45,8 @@ PARTIAL_SUFFIX = ".cairn-partial"
 # Never pushed: VCS metadata, hub download caches, our own bookkeeping.
 IGNORED_NAMES = frozenset({".git", ".cache", MARKER})
 DOWNLOAD_ATTEMPTS = 4
+# Files transferred at once by push_dir, pull and materialize.
+PARALLEL_FILES = 4
 
 Progress = Callable[[int], None]
 T = TypeVar("T")
@@ -243,7 +245,7 @@ class RegistryClient:
         description: str = "",
         labels: Mapping[str, str] | None = None,
         progress: Progress | None = None,
-        max_workers: int = 4,
+        max_workers: int = PARALLEL_FILES,
     ) -> Version:
         """Push every file under `directory` as a new READY version of `name` (created if new).
 
@@ -286,7 +288,7 @@ class RegistryClient:
         dest_dir: str | os.PathLike[str],
         *,
         progress: Progress | None = None,
-        max_workers: int = 4,
+        max_workers: int = PARALLEL_FILES,
     ) -> Version:
         """Download every artifact of `ref` under `dest_dir`, each verified and moved into place atomically.
 
@@ -396,7 +398,7 @@ class RegistryClient:
             return target
         incoming = target.parent / f".incoming-{uuid.uuid4().hex}"
         try:
-            self._pull_version(version, incoming, None, 4)
+            self._pull_version(version, incoming, None, PARALLEL_FILES)
             marker = {**asdict(version), "state": version.state.value}
             (incoming / MARKER).write_text(json.dumps(marker, default=str, indent=2))
             _install(incoming, target, version.digest)
@@ -479,3 +481,11 @@ def _install(incoming: Path, target: Path, digest: str) -> None:
     os.rename(target, stale)
     os.rename(incoming, target)
     shutil.rmtree(stale, ignore_errors=True)
+
+
+def materialize(
+    ref: str, cache_dir: str | os.PathLike[str] | None = None, *, target: str | None = None
+) -> Path:
+    """`RegistryClient(target).materialize(ref, cache_dir)` for one-off use (a service loading its model)."""
+    with RegistryClient(target) as client:
+        return client.materialize(ref, cache_dir)

@@ -16,6 +16,8 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
+from prometheus_client import Counter
+
 from cairn.common.errors import Cancelled, InvalidArgument
 from cairn.common.server import GrpcService, run_service
 from cairn.v1 import registry_pb2, registry_pb2_grpc
@@ -30,6 +32,9 @@ METADATA_THREADS = 16
 _CANCEL_POLL_S = 0.5
 
 R = TypeVar("R")
+
+UPLOADED_BYTES = Counter("cairn_registry_uploaded_bytes", "Artifact bytes received, verified and stored.")
+DOWNLOADED_BYTES = Counter("cairn_registry_downloaded_bytes", "Artifact bytes streamed to clients.")
 
 
 def open_registry(config: RegistryConfig) -> Registry:
@@ -130,6 +135,7 @@ class RegistryServicer(registry_pb2_grpc.RegistryServicer):
         except asyncio.CancelledError:
             cancelled.set()
             raise
+        UPLOADED_BYTES.inc(artifact.size)
         return convert.artifact_to_proto(artifact)
 
     async def FinalizeVersion(
@@ -186,8 +192,9 @@ class RegistryServicer(registry_pb2_grpc.RegistryServicer):
             yield registry_pb2.DownloadArtifactResponse(header=convert.artifact_to_proto(artifact))
             while (chunk := await self._run(self._transfers, next, chunks, None)) is not None:
                 yield registry_pb2.DownloadArtifactResponse(chunk=chunk)
+                DOWNLOADED_BYTES.inc(len(chunk))
         finally:
-            await self._run(self._transfers, chunks.close)
+            chunks.close()
 
     async def SetAlias(self, request: registry_pb2.SetAliasRequest, context: Any) -> registry_pb2.Alias:
         alias = await self._run(
@@ -252,7 +259,8 @@ async def registry_services(config: RegistryConfig) -> AsyncIterator[list[GrpcSe
     try:
         yield [GrpcService(SERVICE_NAME, servicer, registry_pb2_grpc.add_RegistryServicer_to_server)]
     finally:
-        servicer.close()
+        # Off the loop: a transfer thread may still need the loop to notice its call was cancelled.
+        await asyncio.to_thread(servicer.close)
         registry.close()
 
 

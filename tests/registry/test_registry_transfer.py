@@ -10,10 +10,11 @@ from pathlib import Path
 import grpc
 import pytest
 from conftest import sha256_of
+from prometheus_client import REGISTRY
 from registry_harness import free_port, wait_until
 
 from cairn.common.errors import DataLoss, InvalidArgument, NotFound, Unavailable
-from cairn.services.registry.client import MARKER, PARTIAL_SUFFIX, RegistryClient
+from cairn.services.registry.client import MARKER, PARTIAL_SUFFIX, RegistryClient, materialize
 from cairn.services.registry.config import RegistryConfig
 from cairn.services.registry.core import Registry
 from cairn.services.registry.records import VersionState, version_digest
@@ -32,9 +33,18 @@ def blob_files(config: RegistryConfig) -> list[Path]:
     return [p for p in (config.root / "blobs" / "sha256").rglob("*") if p.is_file()]
 
 
+def transferred() -> tuple[float, float]:
+    """The registry's byte counters (the server runs in this process, on the default Prometheus registry)."""
+    return (
+        REGISTRY.get_sample_value("cairn_registry_uploaded_bytes_total") or 0.0,
+        REGISTRY.get_sample_value("cairn_registry_downloaded_bytes_total") or 0.0,
+    )
+
+
 def test_tiny_model_round_trip(
     client: RegistryClient, name: str, tiny_model_dir: Path, tmp_path: Path
 ) -> None:
+    uploaded_before, downloaded_before = transferred()
     pushed = client.push_dir(tiny_model_dir, name, aliases=["production"], description="tiny llama")
     assert pushed.state is VersionState.READY
     assert pushed.number == 1
@@ -47,6 +57,13 @@ def test_tiny_model_round_trip(
     assert pulled == pushed
     assert tree(tmp_path / "pulled") == tree(tiny_model_dir)
     assert not list((tmp_path / "pulled").rglob(f"*{PARTIAL_SUFFIX}"))
+    uploaded, downloaded = transferred()
+    assert (uploaded - uploaded_before, downloaded - downloaded_before) == (
+        pushed.total_size,
+        pushed.total_size,
+    )
+
+    assert materialize(name, tmp_path / "cache", target=client.target) == tmp_path / "cache" / name / "1"
 
 
 def test_nested_paths_and_empty_files_survive(
