@@ -25,12 +25,13 @@ from .model_tokenizer import ModelTokenizer
 from .records import CONTEXT_TOKENS, DetokenizeState, StreamResult, StreamStep
 
 REPLACEMENT_CHAR = "\ufffd"
-# A character is at most 4 bytes, so its end is at most 3 tokens after a
-# point where the text was complete: the earlier emit points worth trying.
+# A character is at most 4 bytes, so an incomplete one started at most 3
+# tokens back: the earlier emit points worth trying.
 _MAX_SPLIT_BACK = 3
-# Text still incomplete after this many held tokens is an invalid byte sequence
-# no later token can repair (a model can sample one): emit it as the full
-# decode shows it, so a stream's state stays small.
+# Text still ending in U+FFFD after this many held tokens holds an invalid byte
+# sequence (a model can sample one) that no later token repairs. Such a stream
+# emits everything before its last U+FFFD, which no later byte can change in a
+# lossy UTF-8 decode, so its state stays small and its text exact.
 MAX_HELD_TOKENS = 16
 
 
@@ -105,11 +106,11 @@ def detokenize_batch(
     first.run()
 
     # Streams whose text ends mid-character may still emit up to an earlier
-    # token whose text is complete; those candidates take a second batch.
+    # token; those candidates take a second batch.
     splits = _DecodeQueue()
     for s in streams:
         full = first.text(s.full_ticket)
-        if s.step.final or s.held_before >= MAX_HELD_TOKENS or not full.endswith(REPLACEMENT_CHAR):
+        if s.step.final or not full.endswith(REPLACEMENT_CHAR):
             s.emit(first.text(s.prefix_ticket), full, len(s.ids))
             continue
         lowest = max(s.read + 1, len(s.ids) - _MAX_SPLIT_BACK)
@@ -119,12 +120,29 @@ def detokenize_batch(
         ]
     splits.run()
     for s in streams:
-        for end, ticket in s.split_tickets:
-            text = splits.text(ticket)
-            if not text.endswith(REPLACEMENT_CHAR):
-                s.emit(first.text(s.prefix_ticket), text, end)
-                break
+        if s.split_tickets:
+            _emit_before_incomplete(s, first.text(s.prefix_ticket), first.text(s.full_ticket), splits)
     return [s.result(first) for s in streams]
+
+
+def _emit_before_incomplete(s: _Stream, prefix_text: str, full: str, splits: _DecodeQueue) -> None:
+    """Emit up to the latest candidate token whose text is safe to emit while `full` ends in U+FFFD.
+
+    Normally that is text ending in a complete character. A stream holding
+    MAX_HELD_TOKENS takes any candidate short of the last U+FFFD, invalid bytes
+    included; if none is, it emits everything so its state cannot grow.
+    """
+    stuck = s.held_before >= MAX_HELD_TOKENS
+    for end, ticket in s.split_tickets:
+        text = splits.text(ticket)
+        safe = (
+            len(text) < len(full) and full.startswith(text) if stuck else not text.endswith(REPLACEMENT_CHAR)
+        )
+        if safe:
+            s.emit(prefix_text, text, end)
+            return
+    if stuck:
+        s.emit(prefix_text, full, len(s.ids))
 
 
 def _open(index: int, step: StreamStep, tokenizer: ModelTokenizer, queue: _DecodeQueue) -> _Stream:
