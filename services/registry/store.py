@@ -324,8 +324,7 @@ class MetadataStore:
 
         def run(conn: sa.Connection) -> Lineage:
             root = self._resolve_row(conn, ref)
-            if root.state == VersionState.DRAFT.value:
-                _require_visible(root, ref)
+            _require_visible(root, ref, allow_deleted=True)
             ancestor_ids = self._walk(conn, root.id, depth, up=True)
             descendant_ids = self._walk(conn, root.id, depth, up=False)
             ids = [root.id, *ancestor_ids, *descendant_ids]
@@ -618,8 +617,8 @@ def _require_draft(row: sa.Row, action: str) -> None:
         raise FailedPrecondition(f"cannot {action} {row.model_name}@{row.number}: it was deleted")
 
 
-def _require_visible(row: sa.Row, ref: Ref) -> None:
+def _require_visible(row: sa.Row, ref: Ref, *, allow_deleted: bool = False) -> None:
     if row.state == VersionState.DRAFT.value:
         raise NotFound(f"{row.model_name}@{row.number} ({ref}) is a draft; it becomes visible once finalized")
-    if row.state == VersionState.DELETED.value:
+    if row.state == VersionState.DELETED.value and not allow_deleted:
         raise NotFound(f"{row.model_name}@{row.number} ({ref}) was deleted")
