@@ -19,6 +19,7 @@ import os
 import re
 import uuid
 from collections.abc import Iterable, Iterator
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import fsspec
@@ -91,6 +92,25 @@ class BlobStore:
         """Temporary keys of uploads in flight (or abandoned by a crash)."""
         directory = f"{self._root}/uploads"
         return list(self.fs.ls(directory, detail=False)) if self.fs.exists(directory) else []
+
+    def remove_stale_uploads(self, older_than: timedelta) -> list[str]:
+        """Delete uploads last written longer ago than `older_than`: a crash left them.
+
+        Only old ones, because replicas sharing this store may be writing theirs right now.
+        """
+        cutoff = datetime.now(timezone.utc) - older_than
+        removed = []
+        for key in self.pending_uploads():
+            try:
+                modified = self.fs.modified(key)
+            except (NotImplementedError, FileNotFoundError):
+                continue
+            if modified.tzinfo is None:
+                modified = modified.astimezone(timezone.utc)
+            if modified < cutoff:
+                self.fs.rm(key)
+                removed.append(key)
+        return removed
 
 
 def _chunks(handle: Any, chunk_size: int) -> Iterator[bytes]:

@@ -45,6 +45,9 @@ class RegistryConfig(ServiceConfig):
     )
     chunk_size: int = Field(DEFAULT_CHUNK_SIZE, gt=0, le=MAX_CHUNK_SIZE, description="download chunk bytes")
     max_transfers: int = Field(64, gt=0, description="uploads and downloads served at once; more wait")
+    stale_upload_hours: float = Field(
+        24.0, gt=0, description="on start, delete uploads a crash abandoned longer ago than this"
+    )
 
     def database(self) -> str:
         return self.database_url or f"sqlite:///{self.root.expanduser() / 'registry.db'}"

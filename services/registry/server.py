@@ -11,9 +11,11 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import functools
+import logging
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
+from datetime import timedelta
 from typing import Any, TypeVar
 
 from prometheus_client import Counter
@@ -25,6 +27,8 @@ from cairn.v1 import registry_pb2, registry_pb2_grpc
 from . import convert
 from .config import RegistryConfig
 from .core import Registry
+
+logger = logging.getLogger("cairn.registry")
 
 SERVICE_NAME = registry_pb2.DESCRIPTOR.services_by_name["Registry"].full_name
 METADATA_THREADS = 16
@@ -257,6 +261,10 @@ async def registry_services(config: RegistryConfig) -> AsyncIterator[list[GrpcSe
     registry = await asyncio.to_thread(open_registry, config)
     servicer = RegistryServicer(registry, max_transfers=config.max_transfers)
     try:
+        stale = timedelta(hours=config.stale_upload_hours)
+        removed = await asyncio.to_thread(registry.blobs.remove_stale_uploads, stale)
+        if removed:
+            logger.info("removed %d upload(s) abandoned before a restart", len(removed))
         yield [GrpcService(SERVICE_NAME, servicer, registry_pb2_grpc.add_RegistryServicer_to_server)]
     finally:
         # Off the loop: a transfer thread may still need the loop to notice its call was cancelled.

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import os
+import time
 import uuid
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -104,3 +106,16 @@ def test_missing_blob_is_not_found_before_any_byte(blobs: BlobStore) -> None:
 def test_sha256_must_be_lowercase_hex(bad: str) -> None:
     with pytest.raises(InvalidArgument, match="64 lowercase hex"):
         check_sha256(bad)
+
+
+def test_only_uploads_abandoned_long_ago_are_removed(tmp_path: Path) -> None:
+    blobs = BlobStore(f"file://{tmp_path}/blobs")
+    uploads = tmp_path / "blobs" / "uploads"
+    uploads.mkdir(parents=True)
+    (uploads / "crashed").write_bytes(b"partial")
+    (uploads / "in-flight").write_bytes(b"partial")
+    two_days_ago = time.time() - 2 * 86400
+    os.utime(uploads / "crashed", (two_days_ago, two_days_ago))
+    removed = blobs.remove_stale_uploads(timedelta(hours=24))
+    assert [Path(p).name for p in removed] == ["crashed"]
+    assert [Path(p).name for p in blobs.pending_uploads()] == ["in-flight"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -43,6 +44,10 @@ def test_settings_come_from_flags_env_and_yaml(tmp_path: Path) -> None:
 
 def test_serve_runs_until_sigterm(database_url: str, tmp_path: Path, small_dir: Path, name: str) -> None:
     port = free_port()
+    abandoned = tmp_path / "root" / "blobs" / "uploads" / "from-a-crash"
+    abandoned.parent.mkdir(parents=True)
+    abandoned.write_bytes(b"partial")
+    os.utime(abandoned, (0, 0))
     command = [
         sys.executable, "-m", "cairn.cli", "registry", "serve", "--port", str(port), "--metrics-port", "0",
         "--root", str(tmp_path / "root"), "--database-url", database_url, "--log-format", "text",
@@ -59,6 +64,7 @@ def test_serve_runs_until_sigterm(database_url: str, tmp_path: Path, small_dir: 
             version = client.push_dir(small_dir, name)
             assert client.resolve(name) == version
         assert (tmp_path / "root" / "blobs" / "sha256").is_dir()
+        assert not abandoned.exists()
     finally:
         process.send_signal(signal.SIGTERM)
         output, _ = process.communicate(timeout=60)
