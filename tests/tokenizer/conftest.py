@@ -14,7 +14,7 @@ from typing import Any
 
 import grpc
 import pytest
-from tokenizer_harness import LoopThread, Served
+from tokenizer_harness import LoopThread, Served, SyncClient
 
 from cairn.services.registry.client import RegistryClient
 from cairn.services.registry.config import RegistryConfig
@@ -117,18 +117,6 @@ def tokenizer_server(
     served = Served(loop_thread, config, tokenizer_services)
     yield served
     served.stop()
-
-
-class SyncClient:
-    """The async TokenizerClient, driven from synchronous tests through the loop thread."""
-
-    def __init__(self, loop: LoopThread, client: TokenizerClient) -> None:
-        self._loop = loop
-        self._client = client
-
-    def __getattr__(self, name: str) -> Callable[..., Any]:
-        method = getattr(self._client, name)
-        return lambda *args, **kwargs: self._loop.run(method(*args, **kwargs))
 
 
 @pytest.fixture(scope="session")

@@ -6,15 +6,13 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
-from conftest import SyncClient
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from tokenizer_harness import Served
+from tokenizer_harness import Served, SyncClient
 
 from cairn.cli import build_parser
 from cairn.common.config import load_config
@@ -94,9 +92,6 @@ def test_client_raises_typed_errors(client: SyncClient, model_a: Path) -> None:
         client.decode(str(model_a), [99999])
     with pytest.raises(NotFound):
         client.info("no-such-model@1")
-
-
-ChatFactory = Callable[..., tokenizer_pb2.ChatInput]
 
 
 def chat(**fields: Any) -> tokenizer_pb2.ChatInput:

@@ -1,4 +1,4 @@
-"""Test plumbing for the tokenizer suite: a background event loop and services served on it."""
+"""Test plumbing for the tokenizer suite: a background event loop, services served on it, a sync client."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from typing import Any, TypeVar
 
 from cairn.common.config import ServiceConfig
 from cairn.common.server import GrpcService, RunningServer, start_server
+from cairn.services.tokenizer.client import TokenizerClient
 
 R = TypeVar("R")
 
@@ -56,3 +57,15 @@ class Served:
     def stop(self) -> None:
         self._loop.run(self.running.stop(None))
         self._loop.run(self._services.__aexit__(None, None, None))
+
+
+class SyncClient:
+    """The async TokenizerClient, driven from synchronous tests through the loop thread."""
+
+    def __init__(self, loop: LoopThread, client: TokenizerClient) -> None:
+        self._loop = loop
+        self._client = client
+
+    def __getattr__(self, name: str) -> Callable[..., Any]:
+        method = getattr(self._client, name)
+        return lambda *args, **kwargs: self._loop.run(method(*args, **kwargs))
