@@ -7,7 +7,6 @@ paying for a fresh database each.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import uuid
 from collections.abc import Callable, Iterator
@@ -132,7 +131,3 @@ def small_dir(make_dir: Callable[..., Path]) -> Path:
             "tokenizer/tokenizer.json": b'{"version": "1.0"}' + salt,
         }
     )
-
-
-def sha256_of(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()

@@ -6,8 +6,8 @@ import json
 from pathlib import Path
 
 import pytest
+from registry_content import tree
 from registry_harness import RegistryServer, free_port
-from test_registry_transfer import tree
 
 from cairn.cli import main
 

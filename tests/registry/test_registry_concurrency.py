@@ -10,8 +10,8 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from registry_content import ready
 from registry_harness import RegistryServer
-from test_registry_versions import ready
 
 from cairn.common.errors import AlreadyExists, CairnError, FailedPrecondition
 from cairn.services.registry.client import RegistryClient

@@ -10,7 +10,7 @@ from typing import Any
 
 import grpc
 import pytest
-from test_registry_versions import ready
+from registry_content import ready
 
 from cairn.services.registry.client import RegistryClient
 from cairn.v1 import common_pb2, registry_pb2, registry_pb2_grpc

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from test_registry_versions import ready, upload
+from registry_content import ready, upload
 
 from cairn.common.errors import FailedPrecondition, InvalidArgument, NotFound
 from cairn.services.registry.client import RegistryClient

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import grpc
 import pytest
-from test_registry_versions import ready
+from registry_content import ready
 
 from cairn.services.registry.client import RegistryClient
 from cairn.services.registry.core import Registry

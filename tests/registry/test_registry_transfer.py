@@ -9,8 +9,8 @@ from pathlib import Path
 
 import grpc
 import pytest
-from conftest import sha256_of
 from prometheus_client import REGISTRY
+from registry_content import sha256_of, tree
 from registry_harness import free_port, wait_until
 
 from cairn.common.errors import DataLoss, InvalidArgument, NotFound, Unavailable
@@ -19,14 +19,6 @@ from cairn.services.registry.config import RegistryConfig
 from cairn.services.registry.core import Registry
 from cairn.services.registry.records import VersionState, version_digest
 from cairn.v1 import common_pb2, registry_pb2, registry_pb2_grpc
-
-
-def tree(root: Path) -> dict[str, str]:
-    return {
-        p.relative_to(root).as_posix(): sha256_of(p)
-        for p in sorted(root.rglob("*"))
-        if p.is_file() and p.name != MARKER
-    }
 
 
 def blob_files(config: RegistryConfig) -> list[Path]:

@@ -2,28 +2,12 @@
 
 from __future__ import annotations
 
-import tempfile
-from pathlib import Path
-
 import pytest
+from registry_content import ready, upload
 
 from cairn.common.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from cairn.services.registry.client import RegistryClient
-from cairn.services.registry.records import Version, VersionState
-
-
-def ready(client: RegistryClient, name: str, content: bytes = b"w", **kwargs: object) -> Version:
-    """A finalized version holding one small file."""
-    draft = client.create_version(name, **kwargs)  # type: ignore[arg-type]
-    upload(client, draft, "w.bin", content)
-    return client.finalize(name, draft.number)
-
-
-def upload(client: RegistryClient, draft: Version, path: str, content: bytes) -> None:
-    with tempfile.TemporaryDirectory() as scratch:
-        file = Path(scratch) / "upload"
-        file.write_bytes(content)
-        client.upload_file(draft.model, draft.number, path, file)
+from cairn.services.registry.records import VersionState
 
 
 def test_models_are_created_once_with_their_metadata(client: RegistryClient, name: str) -> None:
