@@ -62,7 +62,7 @@ def request_delta(request: Request, changed: list[Sequence]) -> RequestOutput | 
         samples = [sample_delta(seq, i) for i, seq in enumerate(ranked)]
     else:
         samples = [sample_delta(seq, seq.index) for seq in changed]
-    output = RequestOutput(request.request_id, samples, finished=finished)
+    output = RequestOutput(request.request_id, samples, [], 0, finished)
     if not request.first_output_sent:
         request.first_output_sent = True
         output.prompt_logprobs = request.prompt_logprobs

@@ -5,7 +5,9 @@ Each `schedule()` builds one StepInput in this order:
   2. running sequences with one token to compute (decodes),
   3. running sequences in the middle of a chunked prefill,
   4. waiting sequences, best first, while blocks, `max_num_seqs` and the token
-     budget allow (not in a step that had to preempt).
+     budget allow (not in a step that had to preempt). The first one that
+     does not fit stops admission (FCFS), and admission never preempts: a
+     better-ranked arrival waits for running sequences to finish or yield.
 When a running sequence needs a block and none is left, the running sequence
 that ranks last (highest priority value, latest arrival) is preempted by
 recompute: its blocks are freed, its tokens kept, and it waits to be
@@ -133,6 +135,7 @@ class Scheduler:
         params = request.sampling
         request.eos_token_ids = frozenset() if params.ignore_eos else self.eos_token_ids
         request.stop_token_ids = frozenset(params.stop_token_ids)
+        request.stop_ids = request.eos_token_ids | request.stop_token_ids
         seq = Sequence(next(self._seq_ids), request, 0)
         request.seqs.append(seq)
         self.requests[request.request_id] = request
@@ -285,7 +288,7 @@ class Scheduler:
                 update = append_slots(seq_id, computed, min(computed + 1 + lookahead, max_model_len))
                 b.lookahead_ok = update is not None
             if update is None:
-                update = append_slots(seq_id, computed, computed + 1) or self._append_or_preempt(
+                update = append_slots(seq_id, computed, computed + 1) or self._preempt_for(
                     b, seq, computed, computed + 1
                 )
                 if update is None:
@@ -315,23 +318,24 @@ class Scheduler:
             if count > b.token_budget:
                 continue
             computed = seq.num_computed_tokens
-            update = self._append_or_preempt(b, seq, computed, computed + count)
+            update = self.block_manager.append_slots(
+                seq.seq_id, computed, computed + count
+            ) or self._preempt_for(b, seq, computed, computed + count)
             if update is None:
                 break
             entry = ScheduledSeq(seq.seq_id, computed, count, update[0], sample=count == remaining)
             b.add(seq, entry, update[1])
 
-    def _append_or_preempt(
+    def _preempt_for(
         self, b: _StepBuilder, seq: Sequence, computed: int, num_tokens: int
     ) -> SlotUpdate | None:
-        """Slots for `seq`, preempting the last-ranked running sequences until
-        they fit. None if `seq` itself had to go."""
-        while True:
+        """Preempts the last-ranked running sequences until `seq`'s slots fit.
+        None if `seq` itself had to go."""
+        while self._preempt_last(b) is not seq:
             update = self.block_manager.append_slots(seq.seq_id, computed, num_tokens)
             if update is not None:
                 return update
-            if self._preempt_last(b) is seq:
-                return None
+        return None
 
     def _preempt_last(self, b: _StepBuilder) -> Sequence:
         """Preempts the last-ranked running sequence by recompute. It may have
@@ -356,8 +360,13 @@ class Scheduler:
         while self.waiting and b.token_budget > 0 and len(self.running) < config.max_num_seqs:
             seq = self.waiting.peek()
             request = seq.request
-            # Prompt logprobs need every prompt position computed, so no hits.
-            use_cache = config.enable_prefix_caching and request.sampling.prompt_logprobs is None
+            # Prompt logprobs still owed need every prompt position computed, so no hits.
+            owes_logprobs = (
+                seq.index == 0
+                and request.sampling.prompt_logprobs is not None
+                and len(request.prompt_logprobs) < seq.num_prompt_tokens - 1
+            )
+            use_cache = config.enable_prefix_caching and not owes_logprobs
             computed = bm.get_computed_blocks(seq.token_ids, request.cache_key) if use_cache else None
             num_cached = computed.num_tokens if computed is not None else 0
             remaining = len(seq.token_ids) - num_cached

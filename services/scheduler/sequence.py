@@ -42,6 +42,7 @@ class Request:
     best_of: int | None = None
     # Lower runs first; FCFS within a priority.
     priority: int = 0
+    # FCFS order, on time.monotonic()'s clock.
     arrival_time: float = field(default_factory=time.monotonic)
     # Separates prefix-cache namespaces: the LoRA adapter (its KV differs from
     # the base model's) or a per-tenant salt.
@@ -52,6 +53,8 @@ class Request:
     arrival_seq: int = field(default=0, init=False)
     eos_token_ids: frozenset[int] = field(default=frozenset(), init=False)
     stop_token_ids: frozenset[int] = field(default=frozenset(), init=False)
+    # Either of the two: one set lookup per token in the common no-stop case.
+    stop_ids: frozenset[int] = field(default=frozenset(), init=False)
     num_samples: int = field(default=1, init=False)
     # best_of > n: samples are ranked at the end, so nothing streams.
     ranks_samples: bool = field(default=False, init=False)
@@ -76,6 +79,9 @@ class Request:
         params = self.sampling
         if index and params.seed is not None:
             params = replace(params, seed=params.seed + index)
+        if index and params.prompt_logprobs is not None:
+            # The first sample returns the prompt's logprobs; the others would only recompute them.
+            params = replace(params, prompt_logprobs=None)
         if self.ranks_samples and params.logprobs is None:
             params = replace(params, logprobs=0)
         return params
@@ -134,34 +140,26 @@ class Sequence:
         self.sort_key = (request.priority, request.arrival_time, request.arrival_seq, index)
 
     @property
-    def num_output_tokens(self) -> int:
-        return len(self.token_ids) - self.num_prompt_tokens
-
-    @property
     def output_token_ids(self) -> list[int]:
         return self.token_ids[self.num_prompt_tokens :]
-
-    @property
-    def num_uncomputed_tokens(self) -> int:
-        return len(self.token_ids) - self.num_computed_tokens
 
     def append(self, token: SampledToken) -> FinishReason | None:
         """Adds a sampled token; returns why the sequence ends with it, if it does."""
         token_id = token.token_id
-        self.token_ids.append(token_id)
+        token_ids = self.token_ids
+        token_ids.append(token_id)
         if token.logprob is not None:
             self.cumulative_logprob += token.logprob
         request = self.request
         params = request.sampling
         if params.logprobs is not None:
             self.logprobs.append(token)
-        num_output = len(self.token_ids) - self.num_prompt_tokens
-        if num_output >= params.min_tokens:
+        num_output = len(token_ids) - self.num_prompt_tokens
+        if token_id in request.stop_ids and num_output >= params.min_tokens:
             if token_id in request.eos_token_ids:
                 return FinishReason.EOS
-            if token_id in request.stop_token_ids:
-                self.stop_token_id = token_id
-                return FinishReason.STOP_TOKEN
+            self.stop_token_id = token_id
+            return FinishReason.STOP_TOKEN
         if num_output >= params.max_tokens:
             return FinishReason.LENGTH
         return None

@@ -5,7 +5,6 @@ back ahead of everything that came after it."""
 from __future__ import annotations
 
 import heapq
-from collections.abc import Iterator
 
 from cairn.services.scheduler.sequence import Sequence
 
@@ -44,6 +43,3 @@ class WaitingQueue:
 
     def discard(self, seq: Sequence) -> None:
         self._members.discard(seq.seq_id)
-
-    def __iter__(self) -> Iterator[Sequence]:
-        return (seq for _, seq in sorted(self._heap, key=lambda e: e[0]) if seq.seq_id in self._members)
