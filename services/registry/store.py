@@ -587,6 +587,8 @@ class MetadataStore:
             if write:
                 raise
             raise Unavailable(f"registry database unreachable: {e.orig}; retry") from e
+        except sa.exc.TimeoutError as e:
+            raise Unavailable(f"registry database connections are all busy ({e}); retry") from e
 
 
 def _new_model(name: str, description: str, labels: dict[str, str]) -> dict[str, Any]:

@@ -36,19 +36,23 @@ def free_port() -> int:
 
 
 def find_pg_bindir() -> Path | None:
-    """$CAIRN_TEST_PG_BINDIR, else `pg_config --bindir`, else newest /usr/lib/postgresql/*/bin, else PATH."""
-    candidates: list[Path] = []
+    """$CAIRN_TEST_PG_BINDIR (only it, when set), else `pg_config --bindir`, else the newest
+    /usr/lib/postgresql/*/bin, else wherever `initdb` on PATH lives."""
     if os.environ.get("CAIRN_TEST_PG_BINDIR"):
-        candidates.append(Path(os.environ["CAIRN_TEST_PG_BINDIR"]))
-    pg_config = shutil.which("pg_config")
-    if pg_config:
-        result = subprocess.run([pg_config, "--bindir"], capture_output=True, text=True, check=False)
-        candidates.append(Path(result.stdout.strip()))
-    installed = glob.glob("/usr/lib/postgresql/*/bin")
-    candidates += [Path(p) for p in sorted(installed, key=lambda p: int(Path(p).parent.name), reverse=True)]
-    initdb = shutil.which("initdb")
-    if initdb:
-        candidates.append(Path(os.path.realpath(initdb)).parent)
+        candidates = [Path(os.environ["CAIRN_TEST_PG_BINDIR"])]
+    else:
+        candidates = []
+        pg_config = shutil.which("pg_config")
+        if pg_config:
+            result = subprocess.run([pg_config, "--bindir"], capture_output=True, text=True, check=False)
+            candidates.append(Path(result.stdout.strip()))
+        installed = glob.glob("/usr/lib/postgresql/*/bin")
+        candidates += [
+            Path(p) for p in sorted(installed, key=lambda p: int(Path(p).parent.name), reverse=True)
+        ]
+        initdb = shutil.which("initdb")
+        if initdb:
+            candidates.append(Path(os.path.realpath(initdb)).parent)
     return next((c for c in candidates if (c / "initdb").is_file() and (c / "pg_ctl").is_file()), None)
 
 
