@@ -4,12 +4,12 @@ Importable on any machine with triton; under TRITON_INTERPRET=1 they also run
 on CPU tensors, which is how CI tests them.
 """
 
-from cairn.kernels.triton_ops.decode_attention import paged_decode_attention
+from cairn.kernels.triton_ops.activation import silu_and_mul
+from cairn.kernels.triton_ops.decode import paged_decode_attention
 from cairn.kernels.triton_ops.kv_cache import write_kv_cache
-from cairn.kernels.triton_ops.prefill_attention import prefill_attention
-from cairn.kernels.triton_ops.rms_norm import rms_norm
+from cairn.kernels.triton_ops.norm import rms_norm
+from cairn.kernels.triton_ops.prefill import prefill_attention
 from cairn.kernels.triton_ops.rotary import apply_rotary
-from cairn.kernels.triton_ops.silu_and_mul import silu_and_mul
 
 __all__ = [
     "apply_rotary",

@@ -17,10 +17,17 @@ def test_cpu_tensors_use_the_reference() -> None:
     assert cairn.kernels.backend_for(torch.zeros(1)) is reference
 
 
-def test_force_reference_as_call_and_context_manager(monkeypatch, triton_ops) -> None:
-    # Pretend CPU tensors are accelerator tensors; the interpreter runs the Triton path.
-    monkeypatch.setattr(dispatch, "_TRITON_DEVICE_TYPES", ("cpu",))
-    x = torch.zeros(1)
+@pytest.fixture
+def accelerator(monkeypatch, device, triton_ops) -> torch.device:
+    """A device whose tensors dispatch to Triton: the GPU, or else the CPU with the interpreter
+    standing in for an accelerator."""
+    if device.type == "cpu":
+        monkeypatch.setattr(dispatch, "_TRITON_DEVICE_TYPES", ("cpu",))
+    return device
+
+
+def test_force_reference_as_call_and_context_manager(accelerator, triton_ops) -> None:
+    x = torch.zeros(1, device=accelerator)
     assert cairn.kernels.backend_for(x) is triton_ops
     with cairn.kernels.force_reference():
         assert cairn.kernels.reference_forced()
@@ -37,12 +44,11 @@ def test_force_reference_as_call_and_context_manager(monkeypatch, triton_ops) ->
     assert not cairn.kernels.reference_forced()
 
 
-def test_public_functions_route_through_the_backend(monkeypatch, triton_ops) -> None:
-    monkeypatch.setattr(dispatch, "_TRITON_DEVICE_TYPES", ("cpu",))
-    q = torch.randn(3, 2, 8)
-    k = torch.randn(3, 1, 8)
-    cache = cairn.kernels.build_rope_cache(8, 16, 10000.0, None, "cpu")
-    positions = torch.tensor([0, 5, 9])
+def test_public_functions_route_through_the_backend(accelerator) -> None:
+    q = torch.randn(3, 2, 8, device=accelerator)
+    k = torch.randn(3, 1, 8, device=accelerator)
+    cache = cairn.kernels.build_rope_cache(8, 16, 10000.0, None, accelerator)
+    positions = torch.tensor([0, 5, 9], device=accelerator)
     # The Triton rotary works in place and hands back its inputs; the reference returns new tensors.
     out_q, _ = cairn.kernels.apply_rotary(q, k, positions, cache)
     assert out_q is q

@@ -119,18 +119,19 @@ def test_paged_decode_attention_batch_one_long_context(triton_ops, paged_context
 
 
 def test_paged_decode_attention_replays_in_a_cuda_graph(triton_ops, paged_context) -> None:
-    context_lens = [1000, 0, 300, 4096]
+    context_lens = [1000, 250, 300, 4096]
     ctx = paged_context(context_lens, N_KV_HEADS, HEAD_DIM, BLOCK_SIZE, BF16, "cuda", seed=11)
     q = _queries(len(context_lens), seed=12)
-    seq_lens = ctx.seq_lens.clone()
+    # Captured with row 1 as padding (seq_len 0).
+    seq_lens = torch.tensor([1000, 0, 300, 4096], dtype=torch.int32, device="cuda")
     args = (q, ctx.k_cache, ctx.v_cache, ctx.block_tables, seq_lens, SCALE)
     triton_ops.paged_decode_attention(*args)  # compile outside the capture
     torch.cuda.synchronize()
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
         out = triton_ops.paged_decode_attention(*args)
-    # New step: every sequence grew or shrank, a padding row became live.
-    seq_lens.copy_(torch.tensor([999, 250, 301, 17], dtype=torch.int32))
+    # A later step: new queries, other lengths, the padding row live.
+    seq_lens.copy_(torch.tensor([999, 250, 299, 17], dtype=torch.int32))
     q.copy_(_queries(len(context_lens), seed=13))
     graph.replay()
     assert_bf16_close(out, reference.paged_decode_attention(*args))
