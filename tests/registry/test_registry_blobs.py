@@ -11,9 +11,11 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from fsspec.implementations.memory import MemoryFileSystem
 
 from cairn.common.errors import DataLoss, InvalidArgument, NotFound
 from cairn.services.registry.blobs import BlobStore, check_sha256
+from cairn.services.registry.core import Registry
 
 
 @pytest.fixture(params=["memory", "file"])
@@ -119,3 +121,18 @@ def test_only_uploads_abandoned_long_ago_are_removed(tmp_path: Path) -> None:
     removed = blobs.remove_stale_uploads(timedelta(hours=24))
     assert [Path(p).name for p in removed] == ["crashed"]
     assert [Path(p).name for p in blobs.pending_uploads()] == ["in-flight"]
+
+
+def test_the_registry_runs_on_any_fsspec_store(tmp_path: Path) -> None:
+    registry = Registry.open(f"sqlite:///{tmp_path}/registry.db", f"memory://cairn-test-{uuid.uuid4().hex}")
+    try:
+        data = os.urandom(3000)
+        draft = registry.create_version("m", format="hf-model", create_model=True)
+        sha = hashlib.sha256(data).hexdigest()
+        registry.upload_artifact("m", draft.number, "w.bin", size=len(data), sha256=sha, chunks=chunked(data))
+        registry.finalize_version("m", draft.number)
+        artifact, chunks = registry.download_artifact("m", "w.bin", offset=100)
+        assert (artifact.sha256, b"".join(chunks)) == (sha, data[100:])
+        assert isinstance(registry.blobs.fs, MemoryFileSystem)
+    finally:
+        registry.close()

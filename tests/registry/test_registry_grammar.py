@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import ntpath
+import posixpath
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -145,6 +148,19 @@ def test_escaping_artifact_paths_are_rejected(path: str) -> None:
 )
 def test_ordinary_artifact_paths_are_accepted(path: str) -> None:
     assert check_artifact_path(path) == path
+
+
+_path_pieces = st.sampled_from(["a", "b", ".", "..", "/", "\\", ":", "C:", "\x00", " "])
+
+
+@given(st.lists(_path_pieces, max_size=12).map("".join))
+def test_accepted_paths_stay_inside_the_version_on_posix_and_windows(path: str) -> None:
+    try:
+        check_artifact_path(path)
+    except InvalidArgument:
+        return
+    assert posixpath.normpath(posixpath.join("/root/v", path)).startswith("/root/v/")
+    assert ntpath.normpath(ntpath.join("C:\\root\\v", path)).startswith("C:\\root\\v\\")
 
 
 def test_file_and_directory_of_the_same_name_conflict() -> None:
