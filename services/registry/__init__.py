@@ -1,0 +1,1 @@
+"""Model registry: models -> versions -> artifacts, aliases and lineage (see docs/registry.md)."""
