@@ -401,6 +401,12 @@ class Scheduler:
 
     def _finish_step(self, b: _StepBuilder, multi_step: bool) -> SchedulerStep:
         entries = list(b.scheduled.values())
+        if b.has_prefill or b.new_seqs:
+            # One-token entries first, chunks after: the split the worker's
+            # attention metadata takes, so it need not reorder the batch.
+            entries = [e for e in entries if e[0].num_scheduled_tokens == 1] + [
+                e for e in entries if e[0].num_scheduled_tokens != 1
+            ]
         step_input = StepInput(
             new_seqs=list(b.new_seqs.values()),
             scheduled=[entry for entry, _ in entries],

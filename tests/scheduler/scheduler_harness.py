@@ -70,6 +70,8 @@ def check_step(scheduler: Scheduler, step: SchedulerStep) -> None:
     assert sum(s.num_scheduled_tokens for s in scheduled) <= config.max_num_batched_tokens
     assert len(scheduled) <= config.max_num_seqs
     assert step.num_batched_tokens == sum(s.num_scheduled_tokens for s in scheduled)
+    sizes = [s.num_scheduled_tokens for s in scheduled]
+    assert sizes == sorted(sizes, key=lambda n: n != 1), "one-token entries must come before chunks"
     if step.input.num_steps > 1:
         assert all(s.num_scheduled_tokens == 1 and s.sample for s in scheduled)
 
