@@ -6,6 +6,7 @@ and tests work on model names of their own in the registry.
 
 from __future__ import annotations
 
+import gc
 import shutil
 import uuid
 from collections.abc import Callable, Iterator
@@ -117,6 +118,8 @@ def tokenizer_server(
     served = Served(loop_thread, config, tokenizer_services)
     yield served
     served.stop()
+    # The server froze the session's objects out of the cyclic GC; other suites need it back.
+    gc.unfreeze()
 
 
 @pytest.fixture(scope="session")
