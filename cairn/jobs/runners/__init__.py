@@ -1,0 +1,1 @@
+"""Runners: where a job's entry point executes (child process, Ray actors, Kubernetes Job)."""

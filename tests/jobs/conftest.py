@@ -1,0 +1,103 @@
+"""Job machinery fixtures: a SQLite store per test and managers whose local runner starts real children.
+
+Children import the entry points in `jobs_work.py`; PYTHONPATH carries this
+directory to them (and to Ray's workers, which inherit the environment).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from cairn.jobs.manager import JobManager
+from cairn.jobs.records import Job, RunnerKind
+from cairn.jobs.runners.base import Runner
+from cairn.jobs.runners.local import LocalRunner
+from cairn.jobs.states import JobState
+from cairn.jobs.store import JobStore
+
+HERE = Path(__file__).parent
+ENTRY = "jobs_work:stepper"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def work_importable() -> Iterator[None]:
+    before = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(HERE), before) if p)
+    yield
+    if before is None:
+        del os.environ["PYTHONPATH"]
+    else:
+        os.environ["PYTHONPATH"] = before
+
+
+@pytest.fixture
+def db_url(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'jobs.db'}"
+
+
+@pytest.fixture
+def store(db_url: str) -> Iterator[JobStore]:
+    s = JobStore(db_url)
+    yield s
+    s.close()
+
+
+ManagerFactory = Callable[..., JobManager]
+
+
+@pytest.fixture
+def make_manager(tmp_path: Path) -> Iterator[ManagerFactory]:
+    """`make_manager(store, runners=None, **options)`: a started manager, stopped after the test."""
+    started: list[JobManager] = []
+
+    def make(
+        store: JobStore, runners: dict[RunnerKind, Runner] | None = None, **options: object
+    ) -> JobManager:
+        if runners is None:
+            runners = {RunnerKind.LOCAL: LocalRunner(tmp_path / "logs", cancel_grace_s=5)}
+        manager = JobManager(
+            store,
+            kind="test",
+            entry=options.pop("entry", ENTRY),
+            runners=runners,
+            default_runner=options.pop("default_runner", next(iter(runners))),
+            id_prefix="t",
+            poll_interval_s=0.05,
+            liveness_interval_s=0.1,
+            **options,
+        )
+        manager.start()
+        started.append(manager)
+        return manager
+
+    yield make
+    for manager in started:
+        manager.stop()
+        for job in manager.store.with_state("test", JobState.RUNNING):
+            if job.handle is not None:
+                manager.runners[job.runner].cancel(job.handle)
+
+
+def wait_for(condition: Callable[[], object], what: str, timeout: float = 60.0) -> object:
+    """Poll until `condition()` is truthy; for effects that child processes cause."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"gave up waiting for {what}")
+        time.sleep(0.02)
+
+
+def wait_state(store: JobStore, job_id: str, *states: object, timeout: float = 60.0) -> Job:
+    def reached() -> Job | None:
+        job = store.get(job_id)
+        return job if job.state in states else None
+
+    return wait_for(reached, f"job {job_id} to reach {states}", timeout)  # type: ignore[return-value]
