@@ -43,3 +43,8 @@ class WaitingQueue:
 
     def discard(self, seq: Sequence) -> None:
         self._members.discard(seq.seq_id)
+        # Aborted low-ranked entries may never reach the top to be dropped;
+        # rebuild once they are most of the heap so it cannot grow unbounded.
+        if len(self._heap) > 2 * len(self._members) + 64:
+            self._heap = [entry for entry in self._heap if entry[1].seq_id in self._members]
+            heapq.heapify(self._heap)

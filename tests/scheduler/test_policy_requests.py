@@ -115,3 +115,13 @@ def test_config_rejects_a_budget_below_max_model_len_without_chunking() -> None:
         SchedulerConfig(enable_chunked_prefill=False, max_num_batched_tokens=1024, max_model_len=2048)
     with pytest.raises(InvalidArgument, match="block_size"):
         Scheduler(SchedulerConfig(block_size=16), BlockManager(8, 8))
+
+
+def test_aborted_waiting_requests_do_not_pile_up_in_the_queue() -> None:
+    scheduler, worker = make(max_num_seqs=1)
+    scheduler.add_request(Request("running", [1], SamplingParams(max_tokens=4)))
+    for i in range(500):
+        scheduler.add_request(Request(f"w{i}", [1, 2], priority=5))
+        scheduler.abort(f"w{i}")
+    assert len(scheduler.waiting) == 1 and len(scheduler.waiting._heap) < 100
+    run(scheduler, worker)
