@@ -133,7 +133,7 @@ class InputBatchBuilder:
         """Per sequence: its table row, tokens already cached, tokens to compute, whether it samples."""
         prefill = counts != 1
         num_decodes = len(states) - int(prefill.sum())
-        if num_decodes and not prefill[:num_decodes].all() and prefill.any():
+        if num_decodes and prefill[:num_decodes].any():
             order = np.argsort(prefill, kind="stable")
             states = [states[i] for i in order]
             rows, starts, counts, sample = rows[order], starts[order], counts[order], sample[order]

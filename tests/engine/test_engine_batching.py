@@ -12,9 +12,10 @@ from cairn.services.worker.step import NewSequence, ScheduledSeq, StepInput
 BLOCK_SIZE = 5
 
 
-def test_mixed_step_gives_the_logits_of_separate_steps(checkpoint) -> None:
-    """Two decodes, a first chunk and a resumed chunk in one step, listed chunks
-    first so the runner must reorder them, against each run on its own."""
+@pytest.mark.parametrize("chunks_first", [False, True], ids=["interleaved", "all-chunks-first"])
+def test_mixed_step_gives_the_logits_of_separate_steps(checkpoint, chunks_first: bool) -> None:
+    """Two decodes, a first chunk and a resumed chunk in one step, listed with
+    chunks ahead of decodes so the runner must reorder them, against each run on its own."""
     path = checkpoint("llama-gqa").path
     decoding = prompts(seed=10, lengths=(13, 29))
     (fresh,) = prompts(seed=11, lengths=(17,))
@@ -46,16 +47,26 @@ def test_mixed_step_gives_the_logits_of_separate_steps(checkpoint) -> None:
         output = mixed_runner.step(
             StepInput(
                 new_seqs=[NewSequence(2, fresh, 17, greedy())],
-                scheduled=[
-                    ScheduledSeq(3, 9, 14, sample=True),
-                    ScheduledSeq(0, 14, 1),
-                    ScheduledSeq(2, 0, 17, tables[2]),
-                    ScheduledSeq(1, 30, 1),
-                ],
+                scheduled=(
+                    [
+                        ScheduledSeq(3, 9, 14, sample=True),
+                        ScheduledSeq(2, 0, 17, tables[2]),
+                        ScheduledSeq(0, 14, 1),
+                        ScheduledSeq(1, 30, 1),
+                    ]
+                    if chunks_first
+                    else [
+                        ScheduledSeq(3, 9, 14, sample=True),
+                        ScheduledSeq(0, 14, 1),
+                        ScheduledSeq(2, 0, 17, tables[2]),
+                        ScheduledSeq(1, 30, 1),
+                    ]
+                ),
             )
         )
     # Outputs come in batch order: decodes first, then chunks in the order given.
-    assert [o.seq_id for o in output.outputs] == [0, 1, 3, 2]
+    chunk_order = [3, 2]
+    assert [o.seq_id for o in output.outputs] == [0, 1, *chunk_order]
 
     separate_runner, blocks = make_runner(path, block_size=BLOCK_SIZE), BlockAllocator()
     tables = history(separate_runner, blocks)
@@ -70,7 +81,7 @@ def test_mixed_step_gives_the_logits_of_separate_steps(checkpoint) -> None:
             )
         )
         alone[2] = logits[-1][0]
-    for row, seq_id in enumerate([0, 1, 3, 2]):
+    for row, seq_id in enumerate([0, 1, *chunk_order]):
         torch.testing.assert_close(mixed[0][row], alone[seq_id], atol=1e-5, rtol=0)
 
 
