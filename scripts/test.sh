@@ -26,4 +26,6 @@ fi
 
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
-exec .venv/bin/python -m pytest "$@"
+# Not `python -m pytest`: that puts the repo root on sys.path, where the top-level
+# kernels/ folder would shadow the `kernels` package transformers probes for.
+exec .venv/bin/pytest "$@"

@@ -47,9 +47,7 @@ def _undocumented(fd: descriptor_pb2.FileDescriptorProto) -> list[str]:
     Source-info paths: 4 = message_type, 2 = field, 3 = nested_type,
     5 = enum_type (top-level) / 4 = enum_type (nested), 6 = service, 2 = method.
     """
-    commented = {
-        tuple(loc.path) for loc in fd.source_code_info.location if loc.leading_comments.strip()
-    }
+    commented = {tuple(loc.path) for loc in fd.source_code_info.location if loc.leading_comments.strip()}
     missing: list[str] = []
 
     def check(path: tuple[int, ...], name: str) -> None:

@@ -17,7 +17,7 @@ from cairn.cli import main
 def _start_up(home: Path) -> tuple[subprocess.Popen[str], str]:
     env = {**os.environ, "CAIRN_HOME": str(home), "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "cairn.cli", "up", "--registry-port", "0"],
+        [sys.executable, "-P", "-m", "cairn.cli", "up", "--registry-port", "0"],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
