@@ -9,6 +9,11 @@ byte-level tokens may split a character, and their lone bytes decode to U+FFFD.
 Decoding in context (instead of token by token) also keeps the spaces that
 SentencePiece-style decoders drop from a sequence's first token.
 
+Context always starts on a character boundary: at the last emit point, or for
+a new stream at the longest prompt suffix that decodes cleanly. Byte-fallback
+decoders (<0xNN> tokens, Llama 2 and Mistral) turn a whole run of byte tokens
+into U+FFFD when it starts mid-character, which would swallow the new text.
+
 Every decode of one call is queued first and then run as one
 `tokenizers.Tokenizer.decode_batch` per tokenizer, so a call costs one pass
 into Rust per model, whatever the number of streams.
@@ -22,7 +27,7 @@ from dataclasses import dataclass, field
 from cairn.common.errors import InvalidArgument
 
 from .model_tokenizer import ModelTokenizer
-from .records import CONTEXT_TOKENS, DetokenizeState, StreamResult, StreamStep
+from .records import DetokenizeState, StreamResult, StreamStep
 
 REPLACEMENT_CHAR = "\ufffd"
 # A character is at most 4 bytes, so an incomplete one started at most 3
@@ -33,7 +38,8 @@ _MAX_SPLIT_BACK = 3
 # emits everything before its last U+FFFD, which no later byte can change in a
 # lossy UTF-8 decode, so its state stays small and its text exact.
 MAX_HELD_TOKENS = 16
-
+# How far back into a seeded prompt tail to look for a clean place to start.
+_MAX_SEED_TOKENS = 24
 
 _QueueKey = tuple[ModelTokenizer, bool]
 _Ticket = tuple[_QueueKey, int]
@@ -62,31 +68,48 @@ class _DecodeQueue:
 
 
 @dataclass
+class _Start:
+    """A candidate start of the context, with the decodes from it: up to read, and of everything."""
+
+    prefix: int
+    prefix_ticket: _Ticket
+    full_ticket: _Ticket
+
+
+@dataclass
 class _Stream:
     """One stream's working copy: its context plus the new tokens, and where its offsets stand."""
 
     step: StreamStep
     tokenizer: ModelTokenizer
     ids: list[int]
-    prefix: int
     read: int
     held_before: int
-    prefix_ticket: _Ticket
-    full_ticket: _Ticket
+    starts: list[_Start]
     token_tickets: list[_Ticket]
+    prefix: int = 0
+    prefix_text: str = ""
+    full_text: str = ""
     split_tickets: list[tuple[int, _Ticket]] = field(default_factory=list)
     text: str = ""
 
-    def emit(self, prefix_text: str, text: str, upto: int) -> None:
-        """Emit the text of the tokens up to `upto`; the emitted ones become the next context."""
+    def choose_start(self, queue: _DecodeQueue) -> None:
+        """The first candidate whose context decodes cleanly; the last (no context) always does."""
+        for start in self.starts:
+            prefix_text = queue.text(start.prefix_ticket)
+            if start is self.starts[-1] or REPLACEMENT_CHAR not in prefix_text:
+                self.prefix, self.prefix_text = start.prefix, prefix_text
+                self.full_text = queue.text(start.full_ticket)
+                return
+
+    def emit(self, text: str, upto: int) -> None:
+        """Emit the text of the tokens up to `upto`; they become the next call's context."""
         if upto > self.read:
-            self.text = _suffix_after(prefix_text, text)
+            self.text = _suffix_after(self.prefix_text, text)
             self.prefix, self.read = self.read, upto
 
     def result(self, queue: _DecodeQueue) -> StreamResult:
-        # Keep the unemitted tokens and at most CONTEXT_TOKENS before them.
-        start = max(self.prefix, self.read - CONTEXT_TOKENS)
-        state = DetokenizeState(tuple(self.ids[start:]), 0, self.read - start)
+        state = DetokenizeState(tuple(self.ids[self.prefix :]), 0, self.read - self.prefix)
         return StreamResult(
             stream_id=self.step.stream_id,
             text=self.text,
@@ -109,9 +132,9 @@ def detokenize_batch(
     # token; those candidates take a second batch.
     splits = _DecodeQueue()
     for s in streams:
-        full = first.text(s.full_ticket)
-        if s.step.final or not full.endswith(REPLACEMENT_CHAR):
-            s.emit(first.text(s.prefix_ticket), full, len(s.ids))
+        s.choose_start(first)
+        if s.step.final or not s.full_text.endswith(REPLACEMENT_CHAR):
+            s.emit(s.full_text, len(s.ids))
             continue
         lowest = max(s.read + 1, len(s.ids) - _MAX_SPLIT_BACK)
         s.split_tickets = [
@@ -121,32 +144,33 @@ def detokenize_batch(
     splits.run()
     for s in streams:
         if s.split_tickets:
-            _emit_before_incomplete(s, first.text(s.prefix_ticket), first.text(s.full_ticket), splits)
+            _emit_before_incomplete(s, splits)
     return [s.result(first) for s in streams]
 
 
-def _emit_before_incomplete(s: _Stream, prefix_text: str, full: str, splits: _DecodeQueue) -> None:
-    """Emit up to the latest candidate token whose text is safe to emit while `full` ends in U+FFFD.
+def _emit_before_incomplete(s: _Stream, splits: _DecodeQueue) -> None:
+    """Emit up to the latest candidate token whose text is safe to emit while the full text ends in U+FFFD.
 
     Normally that is text ending in a complete character. A stream holding
     MAX_HELD_TOKENS takes any candidate short of the last U+FFFD, invalid bytes
     included; if none is, it emits everything so its state cannot grow.
     """
     stuck = s.held_before >= MAX_HELD_TOKENS
+    full = s.full_text
     for end, ticket in s.split_tickets:
         text = splits.text(ticket)
         safe = (
             len(text) < len(full) and full.startswith(text) if stuck else not text.endswith(REPLACEMENT_CHAR)
         )
         if safe:
-            s.emit(prefix_text, text, end)
+            s.emit(text, end)
             return
     if stuck:
-        s.emit(prefix_text, full, len(s.ids))
+        s.emit(full, len(s.ids))
 
 
 def _open(index: int, step: StreamStep, tokenizer: ModelTokenizer, queue: _DecodeQueue) -> _Stream:
-    """Validate a step and queue its decodes: the emitted context, everything, and each new token."""
+    """Validate a step and queue its decodes: from each candidate start, and of each new token alone."""
     state = step.state
     context = list(state.context_token_ids)
     where = f"streams[{index}] ({step.stream_id!r})" if step.stream_id else f"streams[{index}]"
@@ -158,21 +182,25 @@ def _open(index: int, step: StreamStep, tokenizer: ModelTokenizer, queue: _Decod
     new = list(step.new_token_ids)
     tokenizer.check_token_ids(context, f"{where} state")
     tokenizer.check_token_ids(new, where)
-    read = state.read_offset
-    # Equal offsets are a seeded stream (prompt tail as context): decode the
-    # first new tokens after the tail's last few tokens.
-    prefix = state.prefix_offset if state.prefix_offset < read else max(0, read - CONTEXT_TOKENS)
     ids = context + new
+    read = state.read_offset
+    # Equal offsets are a seeded stream (a prompt tail as context, see
+    # DetokenizeState.seeded): try its suffixes, longest first.
+    if state.prefix_offset < read:
+        candidates = [state.prefix_offset]
+    else:
+        candidates = list(range(max(0, read - _MAX_SEED_TOKENS), read + 1))
     skip = step.skip_special_tokens
     return _Stream(
         step,
         tokenizer,
         ids,
-        prefix,
         read,
         held_before=len(context) - read,
-        prefix_ticket=queue.add(tokenizer, ids[prefix:read], skip),
-        full_ticket=queue.add(tokenizer, ids[prefix:], skip),
+        starts=[
+            _Start(p, queue.add(tokenizer, ids[p:read], skip), queue.add(tokenizer, ids[p:], skip))
+            for p in candidates
+        ],
         token_tickets=[queue.add(tokenizer, [t], False) for t in new],
     )
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import grpc
 import pytest
-from tokenizer_harness import LoopThread, Served, SyncClient
+from tokenizer_harness import LoopThread, Served, SyncClient, build_byte_fallback_tokenizer
 
 from cairn.services.registry.client import RegistryClient
 from cairn.services.registry.config import RegistryConfig
@@ -47,6 +47,19 @@ def hf_a(model_a: Path) -> Any:
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(str(model_a))
+
+
+@pytest.fixture(scope="session")
+def byte_fallback_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A Llama 2 style tokenizer (no model): "▁" pieces, byte fallback, first space stripped."""
+    return build_byte_fallback_tokenizer(tmp_path_factory.mktemp("byte-fallback") / "tokenizer")
+
+
+@pytest.fixture(scope="session")
+def hf_byte_fallback(byte_fallback_dir: Path) -> Any:
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(byte_fallback_dir))
 
 
 @pytest.fixture(scope="session")

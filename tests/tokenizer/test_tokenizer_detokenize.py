@@ -73,13 +73,71 @@ def test_deltas_never_break_a_character_and_add_up_to_the_full_decode(
     ids = hf_a(text, add_special_tokens=False)["input_ids"]
     prompt = hf_a("Prompt: say it")["input_ids"]
     state = DetokenizeState.seeded(prompt) if seeded else None
-    results = stream(core, str(model_a), split(ids, sizes), state)
+    chunks = split(ids, sizes)
+    results = stream(core, str(model_a), chunks, state)
     for result in results:
         assert REPLACEMENT_CHAR not in result.text
-        assert len(result.state.context_token_ids) <= CONTEXT_TOKENS + 3 + max(sizes)
+        # The last emitted tokens (the seed, at first) and those held after them.
+        assert len(result.state.context_token_ids) <= CONTEXT_TOKENS + 2 * max(map(len, chunks)) + 3
     assert "".join(r.text for r in results) == hf_a.decode(ids) == text
     token_texts = [t for r in results for t in r.token_texts]
     assert token_texts == [hf_a.decode([t]) for t in ids]
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    text=st.text(CHARS, min_size=1, max_size=24),
+    sizes=st.lists(st.integers(1, 5), min_size=1, max_size=40),
+    seeded=st.booleans(),
+)
+def test_byte_fallback_stream_keeps_spaces_and_never_breaks_a_character(
+    core: TokenizerCore,
+    byte_fallback_dir: Path,
+    hf_byte_fallback: Any,
+    text: str,
+    sizes: list[int],
+    seeded: bool,
+) -> None:
+    hf = hf_byte_fallback
+    ids = hf(text, add_special_tokens=False)["input_ids"]
+    prompt = hf("Prompt: say it")["input_ids"] if seeded else []
+    state = DetokenizeState.seeded(prompt) if seeded else None
+    results = stream(core, str(byte_fallback_dir), split(ids, sizes), state, skip_special_tokens=True)
+    for result in results:
+        assert REPLACEMENT_CHAR not in result.text
+    # In context, the first generated token keeps the space its decoder strips at a sequence start.
+    prompt_text = hf.decode(prompt, skip_special_tokens=True)
+    expected = hf.decode(prompt + ids, skip_special_tokens=True)[len(prompt_text) :]
+    assert "".join(r.text for r in results) == expected
+
+
+def test_byte_fallback_first_token_space_needs_the_prompt(
+    core: TokenizerCore, byte_fallback_dir: Path, hf_byte_fallback: Any
+) -> None:
+    prompt = hf_byte_fallback("Say")["input_ids"]
+    # Encoded alone the text gets the "▁" a SentencePiece tokenizer puts before every sequence.
+    ids = hf_byte_fallback("world 世", add_special_tokens=False)["input_ids"]
+    alone = stream(core, str(byte_fallback_dir), [[i] for i in ids])
+    seeded = stream(core, str(byte_fallback_dir), [[i] for i in ids], DetokenizeState.seeded(prompt))
+    assert "".join(r.text for r in alone) == "world 世"
+    assert "".join(r.text for r in seeded) == " world 世"
+    # 世 is three <0xNN> tokens; nothing shows until the last one.
+    assert [r.text for r in seeded[-3:]] == ["", "", "世"]
+
+
+def test_seed_cut_inside_a_character_still_decodes(
+    core: TokenizerCore, byte_fallback_dir: Path, hf_byte_fallback: Any
+) -> None:
+    prompt = hf_byte_fallback("Say 世界")["input_ids"]
+    # The last five prompt tokens begin inside 世: a run of byte tokens decoded
+    # from there is invalid as a whole, so the stream must start its context later.
+    assert hf_byte_fallback.convert_ids_to_tokens(prompt[-5:])[0] == "<0xB8>"
+    # Generated right after 世界, without a space: byte tokens that continue the prompt's run.
+    marker, *ids = hf_byte_fallback("界!", add_special_tokens=False)["input_ids"]
+    assert hf_byte_fallback.convert_ids_to_tokens(marker) == "▁"
+    results = stream(core, str(byte_fallback_dir), [[i] for i in ids], DetokenizeState.seeded(prompt))
+    assert "".join(r.text for r in results) == "界!"
+    assert all(REPLACEMENT_CHAR not in r.text for r in results)
 
 
 def test_split_character_is_held_until_complete(core: TokenizerCore, model_a: Path, hf_a: Any) -> None:
@@ -110,7 +168,7 @@ def test_an_endless_invalid_sequence_does_not_grow_the_state(
 ) -> None:
     ids = byte_token_ids(hf_a, b"\xf0\x9f" + b"\xff" * (3 * MAX_HELD_TOKENS) + "é".encode())
     results = stream(core, str(model_a), [[i] for i in ids])
-    assert max(len(r.state.context_token_ids) for r in results) <= CONTEXT_TOKENS + MAX_HELD_TOKENS + 1
+    assert max(len(r.state.context_token_ids) for r in results) <= 2 * MAX_HELD_TOKENS + 2
     assert any(r.text for r in results[: 2 * MAX_HELD_TOKENS])
     assert "".join(r.text for r in results) == hf_a.decode(ids)
 
