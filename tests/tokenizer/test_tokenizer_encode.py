@@ -96,3 +96,16 @@ def test_bad_encode_and_decode_arguments(core: TokenizerCore, model_a: Path) -> 
         core.decode(str(model_a), [10, 2048])
     with pytest.raises(InvalidArgument, match="token id -1 is outside"):
         core.decode(str(model_a), [-1])
+
+
+def test_byte_fallback_tokenizer_matches_transformers(
+    core: TokenizerCore, byte_fallback_dir: Path, hf_byte_fallback: Any
+) -> None:
+    model, hf = str(byte_fallback_dir), hf_byte_fallback
+    encodings = core.encode(model, TEXTS)
+    assert [e.token_ids for e in encodings] == [hf(t)["input_ids"] for t in TEXTS]
+    for encoding in encodings:
+        decoded = core.decode(model, encoding.token_ids, skip_special_tokens=True)
+        assert decoded == hf.decode(encoding.token_ids, skip_special_tokens=True)
+    [cut] = core.encode(model, [TEXTS[3]], max_length=6, truncation_side="left")
+    assert cut.token_ids == [hf.bos_token_id, *hf(TEXTS[3], add_special_tokens=False)["input_ids"][-5:]]
