@@ -21,11 +21,20 @@ from collections.abc import Callable, Hashable
 from concurrent.futures import Future
 from pathlib import Path
 
+from prometheus_client import Histogram
+
 from cairn.common.errors import FailedPrecondition, InvalidArgument
 from cairn.services.registry.client import RegistryClient
 from cairn.services.registry.refs import parse_ref
 
 from .model_tokenizer import ModelTokenizer, is_tokenizer_file, load_model_tokenizer
+
+LOAD_SECONDS = Histogram(
+    "cairn_tokenizer_load_seconds",
+    "Time to load one tokenizer (registry pull included), by where it came from.",
+    ["source"],
+    buckets=(0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
+)
 
 
 class TokenizerLoader:
@@ -53,6 +62,8 @@ class TokenizerLoader:
         self._loading: dict[Hashable, Future[ModelTokenizer]] = {}
         # Moving reference -> (pinned reference, when to ask the registry again).
         self._resolved: OrderedDict[str, tuple[str, float]] = OrderedDict()
+        # Tokenizers loaded so far, evicted ones included.
+        self.loads = 0
 
     def close(self) -> None:
         if self._registry is not None:
@@ -64,9 +75,9 @@ class TokenizerLoader:
         if directory is not None:
             path = directory.resolve()
             key = ("dir", str(path), _fingerprint(path))
-            return self._get_or_load(key, lambda: load_model_tokenizer(path, str(path)))
+            return self._get_or_load(key, "dir", lambda: load_model_tokenizer(path, str(path)))
         pinned = self._pin(ref)
-        return self._get_or_load(("registry", pinned), lambda: self._load_from_registry(pinned))
+        return self._get_or_load(("registry", pinned), "registry", lambda: self._load_from_registry(pinned))
 
     def peek(self, ref: str) -> ModelTokenizer | None:
         """The tokenizer for `ref` if it is cached and current, without blocking on the registry or a load."""
@@ -135,7 +146,7 @@ class TokenizerLoader:
                 self._loaded.move_to_end(key)
             return tokenizer
 
-    def _get_or_load(self, key: Hashable, load: Callable[[], ModelTokenizer]) -> ModelTokenizer:
+    def _get_or_load(self, key: Hashable, source: str, load: Callable[[], ModelTokenizer]) -> ModelTokenizer:
         """The cached tokenizer for `key`, or `load()`; concurrent callers of one key share one load."""
         with self._lock:
             tokenizer = self._loaded.get(key)
@@ -151,7 +162,8 @@ class TokenizerLoader:
         if not owner:
             return pending.result()
         try:
-            tokenizer = load()
+            with LOAD_SECONDS.labels(source).time():
+                tokenizer = load()
         except BaseException as e:
             with self._lock:
                 del self._loading[key]
@@ -162,6 +174,7 @@ class TokenizerLoader:
             while len(self._loaded) > self._max_cached:
                 self._loaded.popitem(last=False)
             del self._loading[key]
+            self.loads += 1
         pending.set_result(tokenizer)
         return tokenizer
 

@@ -43,10 +43,13 @@ class TokenizerServicer(tokenizer_pb2_grpc.TokenizerServicer):
 
     async def _run(self, refs: Iterable[str], fn: Callable[..., R], *args: Any, **kwargs: Any) -> R:
         loop = asyncio.get_running_loop()
+        loader = self._core.loader
         for ref in dict.fromkeys(refs):
-            if self._core.loader.peek(ref) is None:
-                await loop.run_in_executor(self._loads, self._core.loader.get, ref)
-                freeze_long_lived_objects()
+            if loader.peek(ref) is None:
+                loads = loader.loads
+                await loop.run_in_executor(self._loads, loader.get, ref)
+                if loader.loads != loads:
+                    freeze_long_lived_objects()
         return await loop.run_in_executor(self._work, functools.partial(fn, *args, **kwargs))
 
     async def Encode(

@@ -101,9 +101,11 @@ def test_lru_keeps_at_most_max_cached(model_a: Path, model_b: Path, tmp_path: Pa
     loader = TokenizerLoader(registry=None, cache_dir=tmp_path, max_cached=1)
     first = loader.get(str(model_a))
     assert loader.get(str(model_a)) is first
+    assert loader.loads == 1
     loader.get(str(model_b))
     assert loader.peek(str(model_a)) is None
     assert loader.get(str(model_a)) is not first
+    assert loader.loads == 3
 
 
 def test_concurrent_first_calls_share_one_load(model_a: Path, tmp_path: Path) -> None:
@@ -122,6 +124,7 @@ def test_concurrent_first_calls_share_one_load(model_a: Path, tmp_path: Path) ->
         t.join()
     assert len(got) == 6
     assert all(t is got[0] for t in got)
+    assert loader.loads == 1
 
 
 def test_changed_directory_loads_again(copy_tokenizer: Callable[[], Path], tmp_path: Path) -> None:
