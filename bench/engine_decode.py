@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import json
+import os
 import platform
 import statistics
 import subprocess
@@ -240,7 +242,8 @@ def hf_generate(shape: dict, args: argparse.Namespace, device: torch.device, tim
     """HF `generate` batch-1 tokens/s on the same shape (random init, greedy, fixed length)."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    fields = {k: v for k, v in shape.items() if k not in ("architectures", "model_type")}
+    # A deep copy: transformers writes rope_theta into the rope_scaling dict it is given.
+    fields = {k: copy.deepcopy(v) for k, v in shape.items() if k not in ("architectures", "model_type")}
     config = AutoConfig.for_model(shape["model_type"], **fields)
     dtype = getattr(torch, args.dtype)
     with torch.device(device):
@@ -305,11 +308,11 @@ def git_commit() -> str:
             ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True
         ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
-        return "unknown"
+        return "unknown (not a git checkout; pass --commit)"
 
 
 def machine(device: torch.device) -> dict:
-    info = {"host": platform.node(), "cpu_count": torch.get_num_threads(), "device": str(device)}
+    info = {"host": platform.node(), "cpu_count": os.cpu_count(), "device": str(device)}
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)
         info |= {"gpu": props.name, "gpu_memory_gib": props.total_memory / 2**30}
@@ -363,6 +366,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--bandwidth-gib", type=float, default=4.0, help="size of the copy that measures bandwidth"
     )
     parser.add_argument("--enforce-eager", action="store_true")
+    parser.add_argument("--commit", help="commit to record when the tree is a copy without .git")
     args = parser.parse_args(argv)
     if args.tiny:
         args.models, args.device, args.dtype = "tiny", "cpu", "float32"
@@ -382,7 +386,7 @@ def main(argv: list[str] | None = None) -> None:
     timer = Timer(device)
     bandwidth = copy_bandwidth(device, args.bandwidth_gib, timer)
     results = {
-        "commit": git_commit(),
+        "commit": args.commit or git_commit(),
         "machine": machine(device),
         "torch": torch.__version__,
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
