@@ -134,6 +134,11 @@ class TokenizerLoader:
         client = self._registry_client(pinned)
         version = client.resolve(pinned)
         wanted = [a for a in version.artifacts if is_tokenizer_file(a.path)]
+        if not wanted:
+            raise FailedPrecondition(
+                f"{pinned} ({version.format}) has no tokenizer files; an adapter or weights-only "
+                "version is tokenized with its base model's tokenizer"
+            )
         directory = self._cache_dir / version.model / str(version.number)
         for artifact in wanted:
             client.download(version, artifact, directory / artifact.path)

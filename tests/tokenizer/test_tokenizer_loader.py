@@ -154,6 +154,18 @@ def test_broken_tokenizer_files_are_failed_precondition(
         loader.get(str(weights_only))
 
 
+def test_registry_version_without_a_tokenizer(
+    loader: TokenizerLoader, registry: RegistryClient, model_name: str, tmp_path: Path
+) -> None:
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text('{"peft_type": "LORA"}')
+    (adapter / "adapter_model.safetensors").write_bytes(b"\0" * 64)
+    registry.push_dir(adapter, model_name, format="peft-lora")
+    with pytest.raises(FailedPrecondition, match=r"@1 \(peft-lora\) has no tokenizer files"):
+        loader.get(f"{model_name}@1")
+
+
 def test_unknown_and_malformed_references(loader: TokenizerLoader, tmp_path: Path) -> None:
     with pytest.raises(NotFound, match="does not exist"):
         loader.get(str(tmp_path / "missing"))
