@@ -12,6 +12,7 @@ from engine_helpers import VARIANTS, build_hf_model, greedy, hf_logits, make_run
 from safetensors.torch import load_file, save_file
 
 from cairn.common.errors import InvalidArgument, NotFound
+from cairn.services.worker.driver import Driver
 from cairn.services.worker.loader import checkpoint_files, resolve_model_path
 from cairn.services.worker.models import ModelConfig
 from cairn.services.worker.step import NewSequence, ScheduledSeq, StepInput
@@ -50,12 +51,13 @@ def test_tied_embeddings_share_one_tensor(checkpoint) -> None:
     assert untied.lm_head.weight.data_ptr() != untied.model.embed_tokens.weight.data_ptr()
 
 
-def test_weights_are_cast_to_the_requested_dtype(checkpoint) -> None:
-    runner = make_runner(checkpoint("mistral").path, dtype="bfloat16")
-    assert {p.dtype for p in runner.model.parameters()} == {torch.bfloat16}
-    assert runner.kv_cache.storage.dtype == torch.bfloat16
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_weights_are_cast_to_the_requested_dtype(checkpoint, dtype: str) -> None:
+    runner = make_runner(checkpoint("mistral").path, dtype=dtype)
+    assert {p.dtype for p in runner.model.parameters()} == {getattr(torch, dtype)}
+    assert runner.kv_cache.storage.dtype == getattr(torch, dtype)
     (prompt,) = prompts(seed=23, lengths=(11,))
-    logits = prefill_logits(checkpoint("mistral").path, prompt, dtype="bfloat16")
+    logits = prefill_logits(checkpoint("mistral").path, prompt, dtype=dtype)
     reference = hf_logits(checkpoint("mistral").hf, prompt)[-1]
     torch.testing.assert_close(logits, reference, atol=5e-2, rtol=0)
 
@@ -164,3 +166,15 @@ def test_resolve_model_path(checkpoint, tmp_path: Path) -> None:
         resolve_model_path(str(tmp_path / "absent"))
     with pytest.raises(InvalidArgument, match=r"no config\.json"):
         make_runner(tmp_path)
+
+
+def test_dummy_weights_need_only_config_json(checkpoint, tmp_path: Path) -> None:
+    shutil.copy(checkpoint("qwen2").path / "config.json", tmp_path / "config.json")
+    runner = make_runner(tmp_path, load_format="dummy", seed=3)
+    model = runner.model
+    assert torch.equal(model.model.norm.weight, torch.ones_like(model.model.norm.weight))
+    assert 0.015 < model.model.layers[0].mlp.down_proj.weight.std() < 0.025
+    again = make_runner(tmp_path, load_format="dummy", seed=3).model
+    torch.testing.assert_close(again.lm_head.weight, model.lm_head.weight, atol=0, rtol=0)
+    (tokens,) = Driver(runner).generate(prompts(seed=24, lengths=(6,)), greedy(max_tokens=3))
+    assert len(tokens) == 3
