@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 COMMAND_MODULES: tuple[str, ...] = (
@@ -29,7 +30,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _quiet_deepspeed_on_cpu_hosts() -> None:
+    """DeepSpeed, when installed, is imported by transformers on save/load and, on
+    hosts without an accelerator, prints a fallback warning to stdout, which
+    corrupts commands whose output is read by programs. Naming the CPU
+    accelerator up front silences it; hosts with GPUs keep auto-detection."""
+    if not any(os.path.exists(dev) for dev in ("/dev/nvidiactl", "/dev/dri", "/dev/kfd")):
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+
+
 def main(argv: list[str] | None = None) -> int:
+    _quiet_deepspeed_on_cpu_hosts()
     args = build_parser().parse_args(argv)
     return int(args.func(args) or 0)
 

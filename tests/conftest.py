@@ -9,11 +9,22 @@ its files).
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
+
+# Without CUDA the Triton kernels run under the interpreter on CPU tensors. The
+# flag is read when a kernel is decorated, i.e. at the first import of
+# cairn.kernels.triton_ops, which any suite may trigger: set it before all of them.
+# DeepSpeed (trainer extra) would otherwise print an accelerator warning to
+# stdout whenever transformers saves a model on a CPU-only host.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+    os.environ.setdefault("DS_ACCELERATOR", "cpu")
 
 TinyModelFactory = Callable[..., Path]
 

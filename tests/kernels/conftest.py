@@ -1,21 +1,16 @@
 """Shared fixtures for the kernel tests.
 
 Without CUDA the Triton kernels run under the interpreter on CPU tensors;
-TRITON_INTERPRET must be set before any kernel is decorated, i.e. before
-`cairn.kernels.triton_ops` is first imported.
+tests/conftest.py sets TRITON_INTERPRET before any suite imports them.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import pytest
 import torch
-
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
 @dataclass
