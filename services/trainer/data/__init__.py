@@ -1,0 +1,1 @@
+"""Training data: read JSONL in the supported layouts, encode with the chat template, pack, batch."""
