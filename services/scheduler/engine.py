@@ -1,0 +1,197 @@
+"""The engine of one replica: its scheduling policy, its block pool and its worker,
+driven by one asyncio task.
+
+The loop schedules a step, hands it to the worker, and while the worker runs it
+(on a thread, or over gRPC) delivers the previous step's deltas to the
+requests' sinks; then it applies the step's output. The policy is never
+touched concurrently: requests and aborts come in on the same event loop, and
+the policy accepts both while a step is in flight. With `num_scheduler_steps`
+> 1 an all-decode batch runs several steps per worker call, which keeps the
+per-token cost of the loop and the transport small.
+
+When the worker fails, the loop stops and reports it; the requests still
+registered are then the pool's to move elsewhere (`take_requests`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+
+from cairn.common.errors import InvalidArgument, Unavailable
+from cairn.services.scheduler.block_manager import BlockManager
+from cairn.services.scheduler.metrics import EngineMetrics
+from cairn.services.scheduler.output import RequestOutput
+from cairn.services.scheduler.policy import Scheduler, SchedulerStats
+from cairn.services.scheduler.sequence import Request, SequenceStatus
+from cairn.services.scheduler.service_config import EngineOptions
+from cairn.services.scheduler.worker_client import WorkerClient, WorkerInfo
+
+log = logging.getLogger(__name__)
+
+# Receives every delta of one request, the last one with finished=True. Called
+# on the event loop; must not block.
+Sink = Callable[[RequestOutput], None]
+FailureHook = Callable[["Engine", BaseException], None]
+
+
+class Engine:
+    def __init__(
+        self,
+        name: str,
+        scheduler: Scheduler,
+        worker: WorkerClient,
+        vocab_size: int,
+        metrics: EngineMetrics,
+        on_failure: FailureHook | None = None,
+    ) -> None:
+        self.name = name
+        self.scheduler = scheduler
+        self.worker = worker
+        self.vocab_size = vocab_size
+        self.metrics = metrics
+        self.on_failure = on_failure
+        self.failure: BaseException | None = None
+        self.num_steps = 0
+        self._sinks: dict[str, Sink] = {}
+        self._wake = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._task: asyncio.Task[None] | None = None
+
+    @classmethod
+    def for_worker(
+        cls,
+        worker: WorkerClient,
+        info: WorkerInfo,
+        options: EngineOptions,
+        metrics: EngineMetrics,
+        on_failure: FailureHook | None = None,
+    ) -> Engine:
+        """An engine sized by what its loaded worker reported."""
+        config = options.scheduler_config(info.max_model_len, info.num_blocks)
+        block_manager = BlockManager(info.num_blocks, info.block_size, config.enable_prefix_caching)
+        scheduler = Scheduler(config, block_manager, info.eos_token_ids)
+        return cls(info.worker_id, scheduler, worker, info.vocab_size, metrics, on_failure)
+
+    @property
+    def block_manager(self) -> BlockManager:
+        return self.scheduler.block_manager
+
+    @property
+    def num_requests(self) -> int:
+        """Requests registered here and not finished: the replica's load."""
+        return len(self._sinks)
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name=f"cairn-engine-{self.name}")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+
+    def add(self, request: Request, sink: Sink) -> None:
+        """Queues a request; raises InvalidArgument (and friends) if it cannot run here."""
+        if self.failure is not None:
+            raise Unavailable(f"replica {self.name} has failed: {self.failure}")
+        # A token id outside the vocabulary would fail the whole step on the worker.
+        top = max(request.prompt_token_ids, default=0)
+        if top >= self.vocab_size:
+            raise InvalidArgument(f"prompt token id {top} is outside the vocabulary [0, {self.vocab_size})")
+        request.sampling.validate(self.vocab_size)
+        self.scheduler.add_request(request)
+        self._sinks[request.request_id] = sink
+        self._idle.clear()
+        self._wake.set()
+
+    def abort(self, request_id: str) -> bool:
+        """Ends a request now; its sink gets the final (ABORT) delta. Its blocks are
+        free at once and the worker drops its state with the next step. False if
+        the request is not live here (a finished one still gets its last delta)."""
+        delta = self.scheduler.abort(request_id)
+        if delta is None:
+            return False
+        self._wake.set()
+        sink = self._sinks.pop(request_id, None)
+        if sink is not None:
+            sink(delta)
+        return True
+
+    def detach(self, request_id: str) -> Sink | None:
+        """Takes a live request off this replica without telling its sink, so it
+        can move elsewhere; returns the sink, or None if it is not live here."""
+        if self.scheduler.abort(request_id) is None:
+            return None
+        self._wake.set()
+        return self._sinks.pop(request_id, None)
+
+    def take_requests(self) -> dict[str, Sink]:
+        """After a failure: the requests left here and their sinks, now unregistered."""
+        sinks, self._sinks = self._sinks, {}
+        return sinks
+
+    def unstarted_requests(self) -> list[str]:
+        """Requests that have neither run nor sent anything: free to move at no cost."""
+        return [
+            rid
+            for rid, request in self.scheduler.requests.items()
+            if not request.first_output_sent and all(s.status is SequenceStatus.WAITING for s in request.seqs)
+        ]
+
+    async def wait_idle(self, timeout: float | None) -> bool:
+        """Whether every request here finished within `timeout` seconds."""
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
+
+    def stats(self) -> SchedulerStats:
+        return self.scheduler.stats()
+
+    async def _run(self) -> None:
+        deltas: list[RequestOutput] = []
+        try:
+            while True:
+                step = self.scheduler.schedule()
+                if step.num_preempted:
+                    self.metrics.preempted(step.num_preempted)
+                if step.is_empty:
+                    self._wake.clear()
+                    self._deliver(deltas)
+                    deltas = []
+                    if not self.scheduler.has_unfinished_requests():
+                        self._idle.set()
+                    await self._wake.wait()
+                    continue
+                running = asyncio.ensure_future(self.worker.step(step.input))
+                self._deliver(deltas)
+                deltas = []
+                try:
+                    output = await running
+                except asyncio.CancelledError:
+                    running.cancel()
+                    raise
+                generated = self.scheduler.num_generated_tokens
+                deltas = self.scheduler.update(step, output)
+                self.num_steps += 1
+                self.metrics.stepped(self.scheduler.num_generated_tokens - generated)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.warning("replica %s failed: %s", self.name, exc, extra={"replica": self.name})
+            self._deliver(deltas)
+            self.failure = exc
+            self._idle.set()
+            if self.on_failure is not None:
+                self.on_failure(self, exc)
+
+    def _deliver(self, deltas: list[RequestOutput]) -> None:
+        sinks = self._sinks
+        for delta in deltas:
+            sink = sinks.pop(delta.request_id) if delta.finished else sinks.get(delta.request_id)
+            if sink is not None:
+                sink(delta)
