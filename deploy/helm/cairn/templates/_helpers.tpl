@@ -66,24 +66,23 @@ app.kubernetes.io/part-of: cairn
 {{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) -}}
 {{- end -}}
 
-{{- define "cairn.gpuImage" -}}
-{{- printf "%s:%s" .Values.gpuImage.repository (default .Chart.AppVersion .Values.gpuImage.tag) -}}
-{{- end -}}
-
-{{/* The image a pod on an accelerator runs: dict "root" $ "accelerator" "nvidia" */}}
+{{/* The image of a pod on an accelerator: dict "root" $ "accelerator" "nvidia"; the CPU image when the
+accelerator names none. */}}
 {{- define "cairn.imageFor" -}}
-{{- if eq .accelerator "cpu" -}}
-{{- include "cairn.image" .root -}}
+{{- $image := (index .root.Values.accelerators .accelerator).image | default dict -}}
+{{- if $image.repository -}}
+{{- printf "%s:%s" $image.repository (default .root.Chart.AppVersion $image.tag) -}}
 {{- else -}}
-{{- include "cairn.gpuImage" .root -}}
+{{- include "cairn.image" .root -}}
 {{- end -}}
 {{- end -}}
 
 {{- define "cairn.pullPolicyFor" -}}
-{{- if eq .accelerator "cpu" -}}
-{{- .root.Values.image.pullPolicy -}}
+{{- $image := (index .root.Values.accelerators .accelerator).image | default dict -}}
+{{- if and $image.repository $image.pullPolicy -}}
+{{- $image.pullPolicy -}}
 {{- else -}}
-{{- .root.Values.gpuImage.pullPolicy -}}
+{{- .root.Values.image.pullPolicy -}}
 {{- end -}}
 {{- end -}}
 
@@ -145,10 +144,32 @@ imagePullSecrets:
 {{- include "cairn.componentName" (dict "root" . "component" "jobs") -}}
 {{- end -}}
 
+{{/* dict "base" map "over" map -> YAML of base with over merged in: maps key by key, everything else
+replaced, and false or 0 in `over` override too. */}}
+{{- define "cairn.merge" -}}
+{{- $out := deepCopy .base -}}
+{{- range $key, $value := .over -}}
+{{- if and (kindIs "map" $value) (kindIs "map" (get $out $key)) -}}
+{{- $_ := set $out $key (include "cairn.merge" (dict "base" (get $out $key) "over" $value) | fromYaml) -}}
+{{- else -}}
+{{- $_ := set $out $key $value -}}
+{{- end -}}
+{{- end -}}
+{{- toYaml $out -}}
+{{- end -}}
+
+{{/* The model deployments as a YAML list, each entry merged over modelDefaults. */}}
+{{- define "cairn.models" -}}
+{{- $models := list -}}
+{{- range .Values.models -}}
+{{- $models = append $models (include "cairn.merge" (dict "base" $.Values.modelDefaults "over" .) | fromYaml) -}}
+{{- end -}}
+{{- toYaml $models -}}
+{{- end -}}
+
 {{/* The scheduler settings of one model: the shared `scheduler` values, overridden by models[].scheduler. */}}
 {{- define "cairn.schedulerSpec" -}}
-{{- $shared := deepCopy .root.Values.scheduler -}}
-{{- toYaml (mergeOverwrite $shared (deepCopy (default dict .model.scheduler))) -}}
+{{- include "cairn.merge" (dict "base" .root.Values.scheduler "over" (default dict .model.scheduler)) -}}
 {{- end -}}
 
 {{/* A model's worker placement: its own nodeSelector/tolerations, else its accelerator's. */}}
