@@ -18,6 +18,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "cairn.services.registry.cli",
     "cairn.services.worker.cli",
     "cairn.services.tokenizer.cli",
+    "cairn.services.scheduler.cli",
     "cairn.services.trainer.cli",
     "cairn.up",
 )
