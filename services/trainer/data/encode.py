@@ -18,16 +18,16 @@ from .examples import Conversation, Document, Message, Preference
 
 IGNORE = -100
 
-# For base models that ship no chat template.
+# For base models that ship no chat template. Turns start after a newline, where byte-level BPE
+# never merges across, so the prompt's tokens are the same with or without the answer.
 FALLBACK_TEMPLATE = (
     "{{ bos_token or '' }}"
     "{% for m in messages %}"
-    "{% if m.role == 'system' %}{{ m.content }}\n\n"
-    "{% elif m.role == 'user' %}User: {{ m.content }}\n"
-    "{% elif m.role == 'assistant' %}Assistant: {{ m.content }}{{ eos_token }}\n"
-    "{% else %}{{ m.role | capitalize }}: {{ m.content }}\n"
-    "{% endif %}{% endfor %}"
-    "{% if add_generation_prompt %}Assistant: {% endif %}"
+    "{{ '### ' ~ (m.role | capitalize) ~ ':\\n' ~ m.content }}"
+    "{% if m.role == 'assistant' %}{{ eos_token }}{% endif %}"
+    "{{ '\\n\\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '### Assistant:\\n' }}{% endif %}"
 )
 
 
@@ -72,8 +72,8 @@ class Encoder:
         encoded = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
         ids = list(encoded["input_ids"])
         labels = [
-            token if any(start <= begin < end for start, end in spans) else IGNORE
-            for token, (begin, _) in zip(ids, encoded["offset_mapping"], strict=True)
+            token if any(begin < end and stop > start for start, end in spans) else IGNORE
+            for token, (begin, stop) in zip(ids, encoded["offset_mapping"], strict=True)
         ]
         if labels:
             labels[0] = IGNORE

@@ -1,0 +1,99 @@
+"""Services on loopback for the trainer suite: each on its own event loop thread, ephemeral port."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
+from pathlib import Path
+from typing import Any
+
+from cairn.common.config import ServiceConfig
+from cairn.common.server import RunningServer, start_server
+from cairn.v1 import common_pb2, trainer_pb2
+
+# A memorization set: short, fixed answers the tiny model can learn in a few dozen steps.
+CHATS = [
+    ("What is the capital of France?", "Paris is the capital."),
+    ("Name a red fruit.", "A strawberry is red."),
+    ("How many legs does a cat have?", "A cat has four legs."),
+    ("What color is the sky?", "The sky is blue today."),
+]
+DOCUMENTS = [
+    "The river runs north past the old mill and the stone bridge.",
+    "Seven green lamps hang above the quiet market street at night.",
+]
+PREFERENCES = [
+    ("What is the capital of France?", "Paris is the capital.", "London is the capital."),
+    ("Name a red fruit.", "A strawberry is red.", "A banana is red."),
+]
+
+
+class ServiceThread:
+    """A cairn service built by `build(config)` and served on a private loop until `stop()`."""
+
+    def __init__(
+        self, config: ServiceConfig, build: Callable[[Any], AbstractAsyncContextManager[Any]]
+    ) -> None:
+        self.config = config
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, name=f"{config.service_name}-server",
+                                        daemon=True)  # fmt: skip
+        self._thread.start()
+        self._services = build(config)
+        self.running: RunningServer = self._call(self._start())
+
+    def _call(self, coro: Any) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(120)
+
+    async def _start(self) -> RunningServer:
+        services = await self._services.__aenter__()
+        return await start_server(self.config, services)
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.running.port}"
+
+    def stop(self) -> None:
+        self._call(self.running.stop(None))
+        self._call(self._services.__aexit__(None, None, None))
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join()
+        self.loop.close()
+
+
+def write_jsonl(path: Path, records: list[dict[str, Any]]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return path
+
+
+def chat_records() -> list[dict[str, Any]]:
+    return [
+        {"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]} for q, a in CHATS
+    ]
+
+
+def preference_records() -> list[dict[str, Any]]:
+    return [{"prompt": p, "chosen": c, "rejected": r} for p, c, r in PREFERENCES]
+
+
+def text_records() -> list[dict[str, Any]]:
+    return [{"text": t} for t in DOCUMENTS]
+
+
+def wait_for_state(client: Any, job_id: str, *states: int, timeout: float = 300.0) -> trainer_pb2.TrainJob:
+    deadline = time.monotonic() + timeout
+    while True:
+        job = client.get(job_id)
+        if job.status.state in states:
+            return job
+        if time.monotonic() > deadline:
+            name = common_pb2.JobState.Name(job.status.state)
+            raise AssertionError(f"job {job_id} is still {name} after {timeout}s: {job.status.error}")
+        time.sleep(0.05)
+
+
+FINISHED = (common_pb2.JOB_STATE_SUCCEEDED, common_pb2.JOB_STATE_FAILED, common_pb2.JOB_STATE_CANCELLED)
