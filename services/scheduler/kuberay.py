@@ -1,15 +1,19 @@
 """In-cluster worker scaling: the KubeRay worker group a model deployment's workers run in.
 
-In Kubernetes (the Helm chart sets CAIRN_SCHEDULER_RAYCLUSTER_NAME and _WORKER_GROUP) the scheduler's
-ScaleWorkers RPC turns its worker count into worker pods (one worker per accelerator, so workers divided
-by the pods' accelerators, rounded up) and calls `RayClusterWorkers.scale`; KubeRay then creates or
-deletes the pods, and `wait_ready` tells when they are up. The worker group is the one place the count
-lives: `helm upgrade --set models[i].workers.replicas=N`, `kubectl patch` and this class all write the
-same field.
+In Kubernetes the Helm chart gives each model deployment its own RayCluster and sets
+CAIRN_SCHEDULER_RAYCLUSTER_NAME and _WORKER_GROUP; the worker pool then uses `RayClusterScaler` as its
+NodeScaler (services/scheduler/pool.py): before it grows and after it shrinks, the group is resized to
+the pods its workers need (one worker per accelerator of a pod, so workers / accelerators per pod,
+rounded up), and KubeRay creates or deletes the pods.
 
-Writes are read-modify-write with the object's resourceVersion, so a concurrent change (the Ray
-autoscaler, an operator's kubectl) makes the API server refuse the write with 409 and the change is
-re-applied to the fresh object instead of overwriting it.
+The worker group is the one place the count lives: `helm upgrade --set models[i].workers.replicas=N`,
+`kubectl patch`, the Ray autoscaler and ScaleWorkers all write the same field. A scheduler that starts
+with `desired_workers()` and runs `follow(pool.scale, workers)` therefore serves what the group says
+without being restarted when it changes.
+
+Writes are read-modify-write guarded by the object's resourceVersion: when something else writes in
+between (the autoscaler, an operator's kubectl), the API server refuses ours with 409 and the change is
+re-applied to the fresh object instead of overwriting theirs.
 
 The `kubernetes` client (extra `kubernetes`) is imported only when no API objects are handed in; tests
 hand in objects shaped like `CustomObjectsApi` and `CoreV1Api`, since no cluster exists there.
@@ -17,21 +21,27 @@ hand in objects shaped like `CustomObjectsApi` and `CoreV1Api`, since no cluster
 
 from __future__ import annotations
 
+import asyncio
 import copy
+import logging
+import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from cairn.common.errors import (
+    CairnError,
     DeadlineExceeded,
     InvalidArgument,
     NotFound,
     PermissionDenied,
     Unavailable,
 )
+
+logger = logging.getLogger("cairn.scheduler.kuberay")
 
 GROUP = "ray.io"
 VERSION = "v1"
@@ -41,6 +51,8 @@ NAMESPACE_FILE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 # KubeRay's defaults when a group omits its bounds.
 DEFAULT_MIN_REPLICAS = 0
 DEFAULT_MAX_REPLICAS = 2**31 - 1
+# Device plugin resources a worker pod's accelerators are counted in.
+ACCELERATOR_RESOURCES = ("nvidia.com/gpu", "gpu.intel.com/i915")
 CONFLICT_RETRIES = 5
 
 
@@ -51,21 +63,27 @@ class WorkerGroupState:
     replicas: int
     min_replicas: int
     max_replicas: int
+    # Workers one pod hosts: its accelerators (1 on CPU pods).
+    workers_per_pod: int
     # Worker pods Running, Ready and not being deleted.
     ready: int
     # The Ray autoscaler owns `replicas` (between min and max) while this is on.
     autoscaling: bool
 
+    @property
+    def workers(self) -> int:
+        return self.replicas * self.workers_per_pod
 
-class RayClusterWorkers:
+
+class RayClusterScaler:
     """Reads, scales and waits for the worker group `group` of the RayCluster `cluster`."""
 
     def __init__(
         self,
         cluster: str,
         group: str,
-        *,
         namespace: str | None = None,
+        *,
         custom_api: Any = None,
         core_api: Any = None,
         poll_interval_s: float = 2.0,
@@ -82,7 +100,35 @@ class RayClusterWorkers:
         self._sleep = sleep
         self._clock = clock
 
-    # ---- reads
+    # ---- the worker pool's NodeScaler (counts in workers)
+
+    async def scale(self, replicas: int) -> None:
+        """Resizes the group to the pods `replicas` workers need."""
+        await asyncio.to_thread(self.scale_workers, replicas)
+
+    async def desired_workers(self) -> int:
+        """The workers the group is sized for: what a scheduler in the cluster starts with."""
+        return (await asyncio.to_thread(self.state)).workers
+
+    async def follow(
+        self, on_change: Callable[[int], Awaitable[object]], workers: int, *, interval_s: float = 10.0
+    ) -> None:
+        """Calls `on_change(n)` whenever the group is sized for `n` workers and the caller has `workers`
+        (a helm upgrade, kubectl patch or the Ray autoscaler changed it); runs until cancelled. API
+        failures are logged and retried at the next poll."""
+        while True:
+            try:
+                wanted = await self.desired_workers()
+            except CairnError as e:
+                logger.warning("cannot read the worker group: %s", e)
+            else:
+                if wanted != workers:
+                    logger.info("%s asks for %d workers (had %d)", self._where, wanted, workers)
+                    await on_change(wanted)
+                    workers = wanted
+            await asyncio.sleep(interval_s)
+
+    # ---- blocking operations (counts in pods unless named otherwise)
 
     def state(self) -> WorkerGroupState:
         obj = self._read()
@@ -91,33 +137,28 @@ class RayClusterWorkers:
             replicas=int(spec.get("replicas", 0)),
             min_replicas=int(spec.get("minReplicas", DEFAULT_MIN_REPLICAS)),
             max_replicas=int(spec.get("maxReplicas", DEFAULT_MAX_REPLICAS)),
+            workers_per_pod=_workers_per_pod(spec),
             ready=self._ready_pods(),
             autoscaling=bool(obj.get("spec", {}).get("enableInTreeAutoscaling", False)),
         )
 
-    # ---- writes
+    def scale_workers(self, workers: int) -> WorkerGroupState:
+        if workers < 0:
+            raise InvalidArgument(f"workers must be >= 0, got {workers}")
+        return self._update(lambda spec: _set_replicas(spec, math.ceil(workers / _workers_per_pod(spec))))
 
-    def scale(self, replicas: int) -> WorkerGroupState:
+    def scale_pods(self, replicas: int) -> WorkerGroupState:
         """Sets the group's replicas, widening min/max when they would hold it back (KubeRay clamps to them).
 
         With the Ray autoscaler on, the autoscaler moves replicas again within the bounds; pin a floor or
         ceiling with `set_bounds`.
         """
         if replicas < 0:
-            raise InvalidArgument(f"worker replicas must be >= 0, got {replicas}")
-
-        def change(spec: dict[str, Any]) -> None:
-            spec["replicas"] = replicas
-            if replicas < int(spec.get("minReplicas", DEFAULT_MIN_REPLICAS)):
-                spec["minReplicas"] = replicas
-            if replicas > int(spec.get("maxReplicas", DEFAULT_MAX_REPLICAS)):
-                spec["maxReplicas"] = replicas
-
-        self._update(change)
-        return self.state()
+            raise InvalidArgument(f"worker pod replicas must be >= 0, got {replicas}")
+        return self._update(lambda spec: _set_replicas(spec, replicas))
 
     def set_bounds(self, min_replicas: int, max_replicas: int) -> WorkerGroupState:
-        """Sets the autoscaling range, moving replicas into it."""
+        """Sets the autoscaling range in pods, moving replicas into it."""
         if min_replicas < 0 or max_replicas < min_replicas:
             raise InvalidArgument(
                 f"worker bounds need 0 <= min <= max, got min {min_replicas}, max {max_replicas}"
@@ -128,8 +169,7 @@ class RayClusterWorkers:
             spec["maxReplicas"] = max_replicas
             spec["replicas"] = min(max(int(spec.get("replicas", 0)), min_replicas), max_replicas)
 
-        self._update(change)
-        return self.state()
+        return self._update(change)
 
     def wait_ready(self, replicas: int | None = None, *, timeout_s: float = 900.0) -> WorkerGroupState:
         """Polls until exactly `replicas` (default: the group's desired count) worker pods are ready."""
@@ -176,17 +216,20 @@ class RayClusterWorkers:
                 group=GROUP, version=VERSION, namespace=self.namespace, plural=PLURAL, name=self.cluster
             )
 
-    def _update(self, change: Callable[[dict[str, Any]], None]) -> None:
+    def _update(self, change: Callable[[dict[str, Any]], None]) -> WorkerGroupState:
         custom, _ = self._apis()
         for _attempt in range(CONFLICT_RETRIES):
             obj = self._read()
-            groups = copy.deepcopy(obj.get("spec", {}).get("workerGroupSpecs") or [])
-            change(_group({"spec": {"workerGroupSpecs": groups}}, self.group, self._where))
+            groups = obj.get("spec", {}).get("workerGroupSpecs") or []
+            changed = copy.deepcopy(groups)
+            change(_group({"spec": {"workerGroupSpecs": changed}}, self.group, self._where))
+            if changed == groups:
+                return self.state()
             # A merge patch replaces the whole list; the resourceVersion makes it apply only to the
             # object it was computed from.
             body = {
                 "metadata": {"resourceVersion": obj["metadata"]["resourceVersion"]},
-                "spec": {"workerGroupSpecs": groups},
+                "spec": {"workerGroupSpecs": changed},
             }
             try:
                 with self._api_errors(conflict_ok=True):
@@ -198,9 +241,9 @@ class RayClusterWorkers:
                         name=self.cluster,
                         body=body,
                     )
-                return
             except _Conflict:
                 continue
+            return self.state()
         raise Unavailable(f"{self._where} kept changing during {CONFLICT_RETRIES} attempts to scale it")
 
     def _ready_pods(self) -> int:
@@ -243,6 +286,22 @@ def _group(obj: dict[str, Any], name: str, where: str) -> dict[str, Any]:
             return spec
     known = ", ".join(repr(g.get("groupName")) for g in groups) or "none"
     raise NotFound(f"{where} has no worker group {name!r} (groups: {known})")
+
+
+def _set_replicas(spec: dict[str, Any], replicas: int) -> None:
+    spec["replicas"] = replicas
+    if replicas < int(spec.get("minReplicas", DEFAULT_MIN_REPLICAS)):
+        spec["minReplicas"] = replicas
+    if replicas > int(spec.get("maxReplicas", DEFAULT_MAX_REPLICAS)):
+        spec["maxReplicas"] = replicas
+
+
+def _workers_per_pod(spec: dict[str, Any]) -> int:
+    """Accelerators of the group's worker container (the device plugin's limit), else one CPU worker."""
+    containers = spec.get("template", {}).get("spec", {}).get("containers") or [{}]
+    limits = containers[0].get("resources", {}).get("limits") or {}
+    count = next((int(limits[r]) for r in ACCELERATOR_RESOURCES if r in limits), 0)
+    return max(count, 1)
 
 
 def _is_ready(pod: Any) -> bool:

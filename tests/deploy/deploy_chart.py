@@ -78,6 +78,7 @@ XPU_WORKERS = {
         }
     ],
     "trainer": {"jobs": {"accelerator": "intel-xpu"}},
+    "quantizer": {"jobs": {"accelerator": "intel-xpu"}},
 }
 CPU_WORKERS = {
     "models": [
@@ -91,7 +92,7 @@ CPU_WORKERS = {
         }
     ],
     "trainer": {"jobs": {"accelerator": "cpu"}},
-    "quantizer": {"enabled": False},
+    "quantizer": {"jobs": {"accelerator": "cpu", "runner": "local", "runners": ["local", "kubernetes"]}},
 }
 EXTERNAL_DB_S3 = {
     "postgresql": {"enabled": False},
@@ -271,7 +272,7 @@ def merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _validator(api_version: str, kind: str, kube: str) -> jsonschema.protocols.Validator:
     version_dir = f"kubernetes-json-schema/v{kube}-local-strict"
     definitions = kubernetes_validate.utils.schema_contents(f"{version_dir}/_definitions.json", kube)

@@ -19,7 +19,7 @@ EXPECTED_KINDS = {
     "default": {"Deployment": 6, "StatefulSet": 1, "RayCluster": 1, "HorizontalPodAutoscaler": 2},
     "gpu-workers": {"Deployment": 7, "RayCluster": 2, "PodDisruptionBudget": 4},
     "xpu-workers": {"Deployment": 6, "RayCluster": 1},
-    "cpu-workers": {"Deployment": 5, "RayCluster": 1},
+    "cpu-workers": {"Deployment": 6, "RayCluster": 1},
     "external-db-s3": {"Deployment": 6, "StatefulSet": 0, "Secret": 0, "PersistentVolumeClaim": 2},
     "autoscaling-on": {"HorizontalPodAutoscaler": 2, "RayCluster": 1},
     "autoscaling-off": {"HorizontalPodAutoscaler": 0},

@@ -11,9 +11,10 @@ import pkgutil
 import re
 from typing import Any
 
-import cairn.v1
 import pytest
 from deploy_chart import PASSWORD, VARIANTS, Rendered, container_env, env_values, labels_match, render_variant
+
+import cairn.v1
 
 # Service (command `cairn <service> serve`) -> the gRPC service its readiness probe asks for.
 HEALTH_SERVICES = {
@@ -73,7 +74,7 @@ def container_port(container: dict[str, Any], name: str) -> int:
 def test_addresses_in_env_reach_the_serving_port_of_the_right_tier(variant: str) -> None:
     rendered = render_variant(variant)
     checked = 0
-    for where, template, container, _ in cairn_containers(rendered) + ray_containers(rendered):
+    for where, _, container, _ in cairn_containers(rendered) + ray_containers(rendered):
         for name, value in env_values(container).items():
             component = ADDRESS_ENVS.get(name)
             if component is None:
@@ -111,9 +112,9 @@ def test_router_routes_each_served_model_to_its_own_scheduler(variant: str) -> N
     assert sum(len(addresses) for addresses in routes.values()) == len(schedulers(rendered))
     for served, addresses in routes.items():
         for address in addresses:
-            template, container = reach(rendered, address)
-            env = env_values(container)
-            assert template["metadata"]["labels"]["cairn.dev/deployment"] == env["CAIRN_SCHEDULER_DEPLOYMENT"]
+            _, container = reach(rendered, address)
+            # The scheduler reports (and labels its metrics with) the name the router routes on.
+            assert env_values(container)["CAIRN_SCHEDULER_DEPLOYMENT"] == served
             assert container_port(container, "grpc") == serving_port(container, "scheduler")
     if variant == "gpu-workers":
         assert routes == {
@@ -128,7 +129,8 @@ def test_each_scheduler_drives_its_own_raycluster(variant: str) -> None:
     devices = {"nvidia.com/gpu": "cuda", "gpu.intel.com/i915": "xpu"}
     for deployment, env in schedulers(rendered):
         cluster = rendered.get("RayCluster", env["CAIRN_SCHEDULER_RAYCLUSTER_NAME"])
-        assert cluster["metadata"]["labels"]["cairn.dev/deployment"] == env["CAIRN_SCHEDULER_DEPLOYMENT"]
+        own = deployment["metadata"]["labels"]["cairn.dev/deployment"]
+        assert cluster["metadata"]["labels"]["cairn.dev/deployment"] == own
         # KubeRay's head Service and the Ray client port the head declares.
         assert env["CAIRN_SCHEDULER_RAY_ADDRESS"] == f"ray://{cluster['metadata']['name']}-head-svc:10001"
         head = cluster["spec"]["headGroupSpec"]["template"]["spec"]["containers"][0]

@@ -3,6 +3,7 @@ renders (no cluster exists here: these tests check the objects written and the c
 
 from __future__ import annotations
 
+import asyncio
 import copy
 from typing import Any
 
@@ -12,7 +13,7 @@ from kube_fakes import FakeCore, FakeRayClusters, pod
 
 from cairn.common.errors import DeadlineExceeded, InvalidArgument, NotFound, PermissionDenied, Unavailable
 from cairn.services.scheduler import kuberay
-from cairn.services.scheduler.kuberay import CONFLICT_RETRIES, RayClusterWorkers
+from cairn.services.scheduler.kuberay import CONFLICT_RETRIES, RayClusterScaler
 
 CLUSTER = "cairn-llama-8b"
 
@@ -36,10 +37,8 @@ def group_of(obj: dict[str, Any], name: str = "workers") -> dict[str, Any]:
     return next(g for g in obj["spec"]["workerGroupSpecs"] if g["groupName"] == name)
 
 
-def workers(fake: FakeRayClusters, core: FakeCore | None = None, **kwargs: Any) -> RayClusterWorkers:
-    return RayClusterWorkers(
-        CLUSTER, "workers", namespace="llm", custom_api=fake, core_api=core or FakeCore(), **kwargs
-    )
+def scaler(fake: FakeRayClusters, core: FakeCore | None = None, **kwargs: Any) -> RayClusterScaler:
+    return RayClusterScaler(CLUSTER, "workers", "llm", custom_api=fake, core_api=core or FakeCore(), **kwargs)
 
 
 def test_state_reads_the_group_and_counts_only_its_ready_pods(clusters: FakeRayClusters) -> None:
@@ -54,7 +53,7 @@ def test_state_reads_the_group_and_counts_only_its_ready_pods(clusters: FakeRayC
             pod("head", {"ray.io/cluster": CLUSTER, "ray.io/group": "headgroup", "ray.io/node-type": "head"}),
         ]
     )
-    state = workers(clusters, core).state()
+    state = scaler(clusters, core).state()
     assert (state.replicas, state.min_replicas, state.max_replicas, state.ready) == (4, 1, 8, 2)
     assert state.autoscaling is False
     assert core.calls == [
@@ -77,7 +76,7 @@ def test_scale_patches_only_the_replicas_of_its_group_guarded_by_resource_versio
     )
     before = copy.deepcopy(obj)
 
-    state = workers(clusters).scale(6)
+    state = scaler(clusters).scale_pods(6)
 
     assert state.replicas == 6
     patches = [kw for name, kw in clusters.calls if name == "patch_namespaced_custom_object"]
@@ -100,25 +99,31 @@ def test_scale_patches_only_the_replicas_of_its_group_guarded_by_resource_versio
 def test_scale_widens_bounds_that_would_clamp_it(
     clusters: FakeRayClusters, replicas: int, bounds: tuple[int, int]
 ) -> None:
-    state = workers(clusters).scale(replicas)
+    state = scaler(clusters).scale_pods(replicas)
     group = group_of(stored(clusters))
     assert (group["replicas"], group["minReplicas"], group["maxReplicas"]) == (replicas, *bounds)
     assert (state.min_replicas, state.max_replicas) == bounds
 
 
 def test_set_bounds_moves_replicas_into_the_range(clusters: FakeRayClusters) -> None:
-    state = workers(clusters).set_bounds(6, 10)
+    state = scaler(clusters).set_bounds(6, 10)
     assert (state.replicas, state.min_replicas, state.max_replicas) == (6, 6, 10)
-    state = workers(clusters).set_bounds(0, 2)
+    state = scaler(clusters).set_bounds(0, 2)
     assert (state.replicas, state.min_replicas, state.max_replicas) == (2, 0, 2)
 
 
 @pytest.mark.parametrize(
-    "call", [lambda w: w.scale(-1), lambda w: w.set_bounds(3, 2), lambda w: w.set_bounds(-1, 2)]
+    "call",
+    [
+        lambda w: w.scale_pods(-1),
+        lambda w: w.scale_workers(-1),
+        lambda w: w.set_bounds(3, 2),
+        lambda w: w.set_bounds(-1, 2),
+    ],
 )
 def test_bad_counts_are_refused_before_any_call(clusters: FakeRayClusters, call: Any) -> None:
     with pytest.raises(InvalidArgument):
-        call(workers(clusters))
+        call(scaler(clusters))
     assert clusters.calls == []
 
 
@@ -132,7 +137,7 @@ def test_a_concurrent_change_is_kept_and_the_scale_reapplied(clusters: FakeRayCl
             clusters.bump("llm", CLUSTER, lambda o: group_of(o).update(maxReplicas=20))
 
     clusters.before_patch = autoscaler
-    state = workers(clusters).scale(3)
+    state = scaler(clusters).scale_pods(3)
     group = group_of(stored(clusters))
     assert (group["replicas"], group["maxReplicas"]) == (3, 20)
     assert (state.replicas, state.max_replicas) == (3, 20)
@@ -142,18 +147,83 @@ def test_a_concurrent_change_is_kept_and_the_scale_reapplied(clusters: FakeRayCl
 def test_endless_conflicts_give_up_as_unavailable(clusters: FakeRayClusters) -> None:
     clusters.before_patch = lambda obj: clusters.bump("llm", CLUSTER, lambda o: None)
     with pytest.raises(Unavailable, match="kept changing"):
-        workers(clusters).scale(3)
+        scaler(clusters).scale_pods(3)
     assert [name for name, _ in clusters.calls].count("patch_namespaced_custom_object") == CONFLICT_RETRIES
     assert group_of(stored(clusters))["replicas"] == 4
 
 
 def test_missing_cluster_or_group_is_not_found(clusters: FakeRayClusters) -> None:
     with pytest.raises(NotFound, match="RayCluster llm/nope not found"):
-        RayClusterWorkers("nope", "workers", namespace="llm", custom_api=clusters, core_api=FakeCore()).scale(
-            1
-        )
+        RayClusterScaler("nope", "workers", "llm", custom_api=clusters, core_api=FakeCore()).scale_pods(1)
     with pytest.raises(NotFound, match="no worker group 'gpus' \\(groups: 'workers'\\)"):
-        RayClusterWorkers(CLUSTER, "gpus", namespace="llm", custom_api=clusters, core_api=FakeCore()).state()
+        RayClusterScaler(CLUSTER, "gpus", "llm", custom_api=clusters, core_api=FakeCore()).state()
+
+
+@pytest.mark.parametrize(("workers", "pods"), [(8, 4), (7, 4), (1, 1), (0, 0), (10, 5)])
+def test_workers_become_pods_by_the_accelerators_each_pod_has(
+    clusters: FakeRayClusters, workers: int, pods: int
+) -> None:
+    """llama-8b's pods have 2 GPUs each: one worker per GPU."""
+    state = scaler(clusters).scale_workers(workers)
+    assert (state.replicas, state.workers_per_pod) == (pods, 2)
+    assert group_of(stored(clusters))["replicas"] == pods
+
+
+@pytest.mark.parametrize(
+    ("variant", "cluster", "per_pod"),
+    [("xpu-workers", "cairn-llama-xpu", 4), ("cpu-workers", "cairn-tiny", 1), ("default", "cairn-llama", 1)],
+)
+def test_workers_per_pod_follow_the_accelerator(variant: str, cluster: str, per_pod: int) -> None:
+    fake = FakeRayClusters()
+    fake.add(render_variant(variant).get("RayCluster", cluster))
+    state = RayClusterScaler(cluster, "workers", "llm", custom_api=fake, core_api=FakeCore()).state()
+    assert (state.workers_per_pod, state.workers) == (per_pod, state.replicas * per_pod)
+
+
+def test_an_unchanged_size_writes_nothing(clusters: FakeRayClusters) -> None:
+    scaler(clusters).scale_workers(8)
+    assert "patch_namespaced_custom_object" not in [name for name, _ in clusters.calls]
+
+
+def test_the_pools_node_scaler_interface(clusters: FakeRayClusters) -> None:
+    """What the worker pool calls (`await scale(workers)`) and the count a scheduler starts with."""
+    nodes = scaler(clusters)
+    assert asyncio.run(nodes.desired_workers()) == 8
+    asyncio.run(nodes.scale(3))
+    assert group_of(stored(clusters))["replicas"] == 2
+    assert asyncio.run(nodes.desired_workers()) == 4
+
+
+def test_follow_reports_outside_changes_and_survives_api_errors(clusters: FakeRayClusters) -> None:
+    """helm upgrade, then an API outage, then kubectl: the scheduler hears of each size once."""
+    changes = [
+        lambda: clusters.bump("llm", CLUSTER, lambda o: group_of(o).update(replicas=6)),
+        lambda: setattr(clusters, "fail_with", 503),
+        lambda: setattr(clusters, "fail_with", None),
+        lambda: clusters.bump("llm", CLUSTER, lambda o: group_of(o).update(replicas=1)),
+    ]
+    seen: list[int] = []
+
+    async def pool_scale(workers: int) -> None:
+        seen.append(workers)
+
+    def reads() -> int:
+        return [name for name, _ in clusters.calls].count("get_namespaced_custom_object")
+
+    async def run() -> None:
+        follower = asyncio.create_task(scaler(clusters).follow(pool_scale, 8, interval_s=0))
+        for change in changes:
+            change()
+            # Two reads after the change: at least one whole poll saw it.
+            settled = reads() + 2
+            while reads() < settled:
+                await asyncio.sleep(0)
+        follower.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await follower
+
+    asyncio.run(run())
+    assert seen == [12, 2]
 
 
 @pytest.mark.parametrize(
@@ -162,7 +232,7 @@ def test_missing_cluster_or_group_is_not_found(clusters: FakeRayClusters) -> Non
 def test_api_failures_map_to_typed_errors(clusters: FakeRayClusters, status: int, error: type) -> None:
     clusters.fail_with = status
     with pytest.raises(error):
-        workers(clusters).scale(2)
+        scaler(clusters).scale_pods(2)
 
 
 class FakeTime:
@@ -189,7 +259,7 @@ def test_wait_ready_returns_once_the_desired_pods_are_ready(clusters: FakeRayClu
         core.pods.append(pod(f"w{n}", worker_labels()))
 
     time = FakeTime(kuberay_brings_up_a_pod)
-    state = workers(clusters, core, sleep=time.sleep, clock=time.clock, poll_interval_s=5).wait_ready()
+    state = scaler(clusters, core, sleep=time.sleep, clock=time.clock, poll_interval_s=5).wait_ready()
     assert (state.ready, state.replicas, time.sleeps) == (4, 4, 3)
 
 
@@ -200,7 +270,7 @@ def test_wait_ready_for_a_scale_down_waits_for_the_extra_pods_to_go(clusters: Fa
         core.pods[n - 1] = pod(f"w{n - 1}", worker_labels(), deleting=True)
 
     time = FakeTime(kuberay_deletes_one)
-    state = workers(clusters, core, sleep=time.sleep, clock=time.clock).wait_ready(2)
+    state = scaler(clusters, core, sleep=time.sleep, clock=time.clock).wait_ready(2)
     assert (state.ready, time.sleeps) == (2, 2)
 
 
@@ -210,7 +280,7 @@ def test_wait_ready_times_out_with_what_it_saw(clusters: FakeRayClusters) -> Non
     )
     time = FakeTime(lambda n: None)
     with pytest.raises(DeadlineExceeded, match="1 of 4 worker pods ready after 60 s"):
-        workers(clusters, core, sleep=time.sleep, clock=time.clock, poll_interval_s=10).wait_ready(
+        scaler(clusters, core, sleep=time.sleep, clock=time.clock, poll_interval_s=10).wait_ready(
             timeout_s=60
         )
     assert time.sleeps == 6
@@ -220,6 +290,6 @@ def test_namespace_defaults_to_the_pods_own(tmp_path: Any, monkeypatch: pytest.M
     namespace_file = tmp_path / "namespace"
     namespace_file.write_text("serving\n")
     monkeypatch.setattr(kuberay, "NAMESPACE_FILE", namespace_file)
-    assert RayClusterWorkers(CLUSTER, "workers").namespace == "serving"
+    assert RayClusterScaler(CLUSTER, "workers").namespace == "serving"
     monkeypatch.setattr(kuberay, "NAMESPACE_FILE", tmp_path / "absent")
-    assert RayClusterWorkers(CLUSTER, "workers").namespace == "default"
+    assert RayClusterScaler(CLUSTER, "workers").namespace == "default"
