@@ -4,6 +4,7 @@ Paged KV cache per layer: `[num_blocks, block_size, num_kv_heads, head_dim]`,
 slot = block_id * block_size + offset. Tokens are packed without padding.
 """
 
+from cairn.kernels import custom_ops  # noqa: F401 - registers torch.ops.cairn for torch.compile
 from cairn.kernels.dispatch import (
     apply_rotary,
     backend_for,
@@ -12,6 +13,7 @@ from cairn.kernels.dispatch import (
     prefill_attention,
     reference_forced,
     rms_norm,
+    rotary_and_cache,
     silu_and_mul,
     write_kv_cache,
 )
@@ -26,6 +28,7 @@ __all__ = [
     "prefill_attention",
     "reference_forced",
     "rms_norm",
+    "rotary_and_cache",
     "silu_and_mul",
     "write_kv_cache",
 ]

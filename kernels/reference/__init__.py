@@ -5,12 +5,14 @@ from cairn.kernels.reference.attention import paged_decode_attention, prefill_at
 from cairn.kernels.reference.kv_cache import write_kv_cache
 from cairn.kernels.reference.norm import rms_norm
 from cairn.kernels.reference.rotary import apply_rotary
+from cairn.kernels.reference.rotary_cache import rotary_and_cache
 
 __all__ = [
     "apply_rotary",
     "paged_decode_attention",
     "prefill_attention",
     "rms_norm",
+    "rotary_and_cache",
     "silu_and_mul",
     "write_kv_cache",
 ]

@@ -10,12 +10,14 @@ from cairn.kernels.triton_ops.kv_cache import write_kv_cache
 from cairn.kernels.triton_ops.norm import rms_norm
 from cairn.kernels.triton_ops.prefill import prefill_attention
 from cairn.kernels.triton_ops.rotary import apply_rotary
+from cairn.kernels.triton_ops.rotary_cache import rotary_and_cache
 
 __all__ = [
     "apply_rotary",
     "paged_decode_attention",
     "prefill_attention",
     "rms_norm",
+    "rotary_and_cache",
     "silu_and_mul",
     "write_kv_cache",
 ]

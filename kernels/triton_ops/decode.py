@@ -3,8 +3,9 @@
 Grid: (sequence, kv head, context split). A program loads the query rows of
 every query head that shares its kv head, so each K/V tile is read once per
 group. With few (sequence, kv head) pairs, e.g. batch 1, the context is split
-across programs to fill the GPU, and a second kernel merges the partial
-softmax states.
+across programs to fill the GPU; the last split of a (sequence, kv head) to
+finish merges the partial softmax states, so decode attention is always one
+launch, and a context of one key tile runs in a single split with no merge.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ _NUM_STAGES = 2
 _MAX_SPLITS = 64
 # tl.dot needs at least 16 rows; the spare rows of a small group are masked.
 _MIN_ROWS = 16
+_ARRIVALS: dict[torch.device, torch.Tensor] = {}
 
 
 @triton.jit
@@ -37,6 +39,7 @@ def _decode_kernel(
     part_acc_ptr,
     part_m_ptr,
     part_l_ptr,
+    arrivals_ptr,
     scale_log2e,
     stride_qb,
     stride_qh,
@@ -51,6 +54,7 @@ def _decode_kernel(
     stride_oh,
     block_size,
     n_heads,
+    n_kv_heads,
     GROUP: tl.constexpr,
     BLOCK_G: tl.constexpr,
     HEAD_DIM: tl.constexpr,
@@ -63,9 +67,12 @@ def _decode_kernel(
     kv_head = tl.program_id(1)
     split = tl.program_id(2)
     seq_len = tl.load(seq_lens_ptr + seq)
-    # Splits follow each sequence's own length, so short and long rows of a
-    # batch both spread over all splits; a split past the end stays empty.
-    split_len = tl.cdiv(tl.cdiv(seq_len, NUM_SPLITS), BLOCK_N) * BLOCK_N
+    # Splits follow each sequence's own length in whole key tiles, so a short
+    # context occupies few splits (one below a tile) and the rest exit at once.
+    split_len = tl.maximum(tl.cdiv(tl.cdiv(seq_len, NUM_SPLITS), BLOCK_N), 1) * BLOCK_N
+    num_active = tl.maximum(tl.cdiv(seq_len, split_len), 1)
+    if split >= num_active:
+        return
     start = split * split_len
     end = tl.minimum(start + split_len, seq_len)
 
@@ -107,18 +114,88 @@ def _decode_kernel(
         DOT_PRECISION,
     )
     store_mask = row_mask[:, None] & dim_mask[None, :]
-    if NUM_SPLITS == 1:
-        # l_i is 0 only when nothing is cached (padding rows): write zeros, not NaN.
-        out = acc / tl.where(l_i > 0, l_i, 1.0)[:, None]
-        out_ptrs = out_ptr + seq * stride_ob + heads[:, None] * stride_oh + dims[None, :]
-        tl.store(out_ptrs, out.to(out_ptr.dtype.element_ty), mask=store_mask)
+    out_ptrs = out_ptr + seq * stride_ob + heads[:, None] * stride_oh + dims[None, :]
+    # Two branches, not one `or`: the first is settled at compile time, so a
+    # single-split kernel carries no merge code.
+    if NUM_SPLITS == 1:  # noqa: SIM114
+        _store_normalized(acc, l_i, out_ptrs, store_mask)
+    elif num_active == 1:
+        _store_normalized(acc, l_i, out_ptrs, store_mask)
     else:
         part = (seq * n_heads + heads) * NUM_SPLITS + split
         tl.store(part_acc_ptr + part[:, None] * HEAD_DIM + dims[None, :], acc, mask=store_mask)
         tl.store(part_m_ptr + part, m_i, mask=row_mask)
         tl.store(part_l_ptr + part, l_i, mask=row_mask)
+        # The last split of this (sequence, kv head) to finish merges them all,
+        # so there is no second launch. Every thread's partial is stored before
+        # the barrier; the acq_rel atomic publishes them to the merging program
+        # (the pattern of CUDA's threadfence reduction), which resets the count.
+        tl.debug_barrier()
+        arrivals = arrivals_ptr + seq * n_kv_heads + kv_head
+        if tl.atomic_add(arrivals, 1, sem="acq_rel", scope="gpu") == num_active - 1:
+            _merge_splits(
+                part_acc_ptr,
+                part_m_ptr,
+                part_l_ptr,
+                out_ptr + seq * stride_ob + kv_head * GROUP * stride_oh,
+                stride_oh,
+                (seq * n_heads + kv_head * GROUP) * NUM_SPLITS,
+                num_active,
+                dims,
+                dim_mask,
+                GROUP,
+                HEAD_DIM,
+                NUM_SPLITS,
+            )
+            tl.atomic_xchg(arrivals, 0, sem="relaxed", scope="gpu")
 
 
+@triton.jit
+def _store_normalized(acc, l_i, out_ptrs, mask):
+    # l_i is 0 only when nothing is cached (padding rows): write zeros, not NaN.
+    out = acc / tl.where(l_i > 0, l_i, 1.0)[:, None]
+    tl.store(out_ptrs, out.to(out_ptrs.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _merge_splits(
+    part_acc_ptr,
+    part_m_ptr,
+    part_l_ptr,
+    out_ptr,
+    stride_oh,
+    first_part,
+    num_active,
+    dims,
+    dim_mask,
+    GROUP: tl.constexpr,
+    HEAD_DIM: tl.constexpr,
+    NUM_SPLITS: tl.constexpr,
+):
+    """Combines the partial softmax states of a group's heads (out_ptr: its first) over the active splits.
+
+    Every active split saw at least one key, so each partial max is finite.
+    Loads bypass L1 (.cg): another multiprocessor wrote the partials.
+    """
+    splits = tl.arange(0, NUM_SPLITS)
+    active = splits < num_active
+    for g in tl.static_range(GROUP):
+        part = first_part + g * NUM_SPLITS + splits
+        m = tl.load(part_m_ptr + part, mask=active, other=float("-inf"), cache_modifier=".cg")
+        l_split = tl.load(part_l_ptr + part, mask=active, other=0.0, cache_modifier=".cg")
+        weights = tl.exp2(m - tl.max(m, axis=0))
+        denom = tl.sum(weights * l_split, axis=0)
+        acc = tl.load(
+            part_acc_ptr + part[:, None] * HEAD_DIM + dims[None, :],
+            mask=active[:, None] & dim_mask[None, :],
+            other=0.0,
+            cache_modifier=".cg",
+        )
+        out = tl.sum(acc * weights[:, None], axis=0) / denom
+        tl.store(out_ptr + g * stride_oh + dims, out.to(out_ptr.dtype.element_ty), mask=dim_mask)
+
+
+# The quantized-cache decode (quant_attention.py) still merges its splits in this second kernel.
 @triton.jit
 def _merge_splits_kernel(
     part_acc_ptr,
@@ -175,9 +252,9 @@ def paged_decode_attention(
         part_acc = torch.empty((batch, n_heads, num_splits, head_dim), dtype=torch.float32, device=q.device)
         part_m = torch.empty((batch, n_heads, num_splits), dtype=torch.float32, device=q.device)
         part_l = torch.empty_like(part_m)
+        arrivals = _arrival_counts(q.device, batch * n_kv_heads)
     else:
-        part_acc = part_m = part_l = out
-    block_d = triton.next_power_of_2(head_dim)
+        part_acc = part_m = part_l = arrivals = out
     _decode_kernel[(batch, n_kv_heads, num_splits)](
         q,
         k_cache,
@@ -188,6 +265,7 @@ def paged_decode_attention(
         part_acc,
         part_m,
         part_l,
+        arrivals,
         scale * LOG2E,
         q.stride(0),
         q.stride(1),
@@ -202,30 +280,17 @@ def paged_decode_attention(
         out.stride(1),
         k_cache.shape[1],
         n_heads,
+        n_kv_heads,
         GROUP=group,
         BLOCK_G=max(triton.next_power_of_2(group), _MIN_ROWS),
         HEAD_DIM=head_dim,
-        BLOCK_D=block_d,
+        BLOCK_D=triton.next_power_of_2(head_dim),
         BLOCK_N=_BLOCK_N,
         NUM_SPLITS=num_splits,
         DOT_PRECISION=dot_precision(q.dtype),
         num_warps=_NUM_WARPS,
         num_stages=_NUM_STAGES,
     )
-    if num_splits > 1:
-        _merge_splits_kernel[(batch, n_heads)](
-            part_acc,
-            part_m,
-            part_l,
-            out,
-            out.stride(0),
-            out.stride(1),
-            n_heads,
-            HEAD_DIM=head_dim,
-            BLOCK_D=block_d,
-            NUM_SPLITS=num_splits,
-            num_warps=4,
-        )
     return out
 
 
@@ -235,6 +300,16 @@ def _default_num_splits(programs: int, device: torch.device) -> int:
     if programs >= processors:
         return 1
     return min(triton.next_power_of_2(triton.cdiv(2 * processors, programs)), _MAX_SPLITS)
+
+
+def _arrival_counts(device: torch.device, count: int) -> torch.Tensor:
+    """Zeroed int32 counters, one per (sequence, kv head), kept per device and reset by the
+    kernel after each merge; grown outside CUDA-graph capture, since graphs warm up at their
+    largest batch first."""
+    counts = _ARRIVALS.get(device)
+    if counts is None or counts.numel() < count:
+        counts = _ARRIVALS[device] = torch.zeros(max(count, 1024), dtype=torch.int32, device=device)
+    return counts
 
 
 @functools.cache

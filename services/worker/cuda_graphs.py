@@ -98,9 +98,9 @@ class DecodeGraphs:
 
     def _forward(self, size: int) -> torch.Tensor:
         meta = AttentionMetadata(
-            slot_mapping=self.slot_mapping[:size].long(),
+            slot_mapping=self.slot_mapping[:size],
             num_decode_tokens=size,
             decode_block_tables=self.block_tables[:size],
             decode_seq_lens=self.seq_lens[:size],
         )
-        return self.model(self.input_ids[:size], self.positions[:size].long(), meta, self.kv_caches)
+        return self.model(self.input_ids[:size], self.positions[:size], meta, self.kv_caches)

@@ -69,7 +69,7 @@ class HostBatch:
 @dataclass
 class DeviceBatch:
     input_ids: torch.Tensor  # [T] int32
-    positions: torch.Tensor  # [T] int64
+    positions: torch.Tensor  # [T] int32
     meta: AttentionMetadata
     logits_indices: torch.Tensor | None
 
@@ -219,7 +219,7 @@ class InputBatchBuilder:
         views = [device[offsets[i] : offsets[i + 1]] for i in range(len(sizes))]
         seq_lens = views[3]
         block_tables = views[5].view(seqs, -1)
-        meta = AttentionMetadata(slot_mapping=views[2].long(), num_decode_tokens=decodes)
+        meta = AttentionMetadata(slot_mapping=views[2], num_decode_tokens=decodes)
         if decodes:
             meta.decode_seq_lens = seq_lens[:decodes]
             meta.decode_block_tables = block_tables[:decodes]
@@ -229,7 +229,7 @@ class InputBatchBuilder:
             meta.prefill_query_start_loc = views[4]
         return DeviceBatch(
             input_ids=views[0],
-            positions=views[1].long(),
+            positions=views[1],
             meta=meta,
             logits_indices=None if batch.logits_indices is None else views[6],
         )

@@ -154,6 +154,29 @@ def test_write_kv_cache_places_slots_and_skips_padding() -> None:
     assert int((k_cache.abs().sum(dim=(2, 3)) > 0).sum()) == 3
 
 
+def test_rotary_and_cache_is_biased_projection_rotated_and_stored() -> None:
+    gen = torch.Generator().manual_seed(3)
+    n_tokens, n_heads, n_kv_heads, block_size = 4, 4, 2, 3
+    widths = (n_heads * HEAD_DIM, n_kv_heads * HEAD_DIM, n_kv_heads * HEAD_DIM)
+    qkv = torch.randn(n_tokens, sum(widths), generator=gen)
+    bias = torch.randn(sum(widths), generator=gen)
+    positions = torch.tensor([5, 0, 17, 3], dtype=torch.int32)
+    slots = torch.tensor([7, -1, 0, 11], dtype=torch.int32)
+    cache = build_rope_cache(HEAD_DIM, 32, 10000.0, None, "cpu")
+    k_cache = torch.zeros(4, block_size, n_kv_heads, HEAD_DIM)
+    v_cache = torch.zeros_like(k_cache)
+    q = reference.rotary_and_cache(qkv, positions, cache, k_cache, v_cache, slots, bias)
+    q_part, k_part, v_part = (qkv + bias).split(widths, dim=1)
+    q_heads, k_heads = q_part.view(n_tokens, n_heads, HEAD_DIM), k_part.view(n_tokens, n_kv_heads, HEAD_DIM)
+    expected_q, expected_k = reference.apply_rotary(q_heads, k_heads, positions, cache)
+    assert torch.equal(q, expected_q)
+    # Token t lands in slot slots[t] = block * block_size + offset; token 1 (slot -1) nowhere.
+    for token, (block, offset) in ((0, (2, 1)), (2, (0, 0)), (3, (3, 2))):
+        assert torch.equal(k_cache[block, offset], expected_k[token])
+        assert torch.equal(v_cache[block, offset], v_part[token].view(n_kv_heads, HEAD_DIM))
+    assert int((k_cache.abs().sum(dim=(2, 3)) > 0).sum()) == 3
+
+
 @pytest.mark.parametrize(("n_heads", "n_kv_heads"), [(4, 2), (4, 1), (6, 2)])
 @pytest.mark.parametrize("block_size", [5, 16])
 def test_decode_reference_matches_hf_attention(paged_context, n_heads: int, n_kv_heads: int, block_size: int):

@@ -99,6 +99,26 @@ def test_write_kv_cache(triton_ops) -> None:
     assert torch.equal(caches[3], caches[1])
 
 
+def test_rotary_and_cache(triton_ops) -> None:
+    n_tokens, n_blocks = 513, 64
+    width = (N_HEADS + 2 * N_KV_HEADS) * HEAD_DIM
+    qkv = _randn(n_tokens, width, seed=16)
+    bias = _randn(width, seed=17, scale=0.1)
+    cache = cairn.kernels.build_rope_cache(HEAD_DIM, 16384, 500000.0, None, "cuda")
+    positions = torch.randint(0, cache.shape[0], (n_tokens,), device="cuda", dtype=torch.int32)
+    slots = torch.randperm(n_blocks * BLOCK_SIZE, device="cuda")[:n_tokens].int()
+    slots[::7] = -1
+    caches = [
+        torch.zeros(n_blocks, BLOCK_SIZE, N_KV_HEADS, HEAD_DIM, dtype=BF16, device="cuda") for _ in range(4)
+    ]
+    expected = reference.rotary_and_cache(qkv, positions, cache, caches[0], caches[1], slots, bias)
+    out = triton_ops.rotary_and_cache(qkv, positions, cache, caches[2], caches[3], slots, bias)
+    assert_bf16_close(out, expected)
+    assert_bf16_close(caches[2], caches[0])
+    # v is only biased and stored, never rotated: bit-exact.
+    assert torch.equal(caches[3], caches[1])
+
+
 @pytest.mark.parametrize("num_splits", [None, 1])
 def test_paged_decode_attention(triton_ops, paged_context, num_splits: int | None) -> None:
     context_lens = [4096, 1, 0, 517, 2048, 16, 3000, 33]
@@ -147,3 +167,24 @@ def test_prefill_attention(triton_ops, paged_context) -> None:
     )
     args = (q, ctx.k_cache, ctx.v_cache, ctx.block_tables, query_start_loc, ctx.seq_lens, SCALE)
     assert_bf16_close(triton_ops.prefill_attention(*args), reference.prefill_attention(*args))
+
+
+def test_paged_decode_attention_merges_across_many_replays(triton_ops, paged_context) -> None:
+    # Batch 1 splits over every multiprocessor and the last split to finish merges: a merge
+    # that read a partial before it was visible, or a count not reset, would show in some replay.
+    from cairn.kernels.triton_ops import decode
+
+    ctx = paged_context([4096], N_KV_HEADS, HEAD_DIM, BLOCK_SIZE, BF16, "cuda", seed=18)
+    q = _queries(1, seed=19)
+    seq_lens = ctx.seq_lens.clone()
+    args = (q, ctx.k_cache, ctx.v_cache, ctx.block_tables, seq_lens, SCALE)
+    triton_ops.paged_decode_attention(*args)
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = triton_ops.paged_decode_attention(*args)
+    for length in [4096, 4095, 1, 128, 129, 2049, 3000] * 8:
+        seq_lens.fill_(length)
+        graph.replay()
+        assert_bf16_close(out, reference.paged_decode_attention(*args))
+    assert not decode._ARRIVALS[q.device].any()

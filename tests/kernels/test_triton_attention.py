@@ -34,6 +34,24 @@ def test_decode(triton_ops, device, paged_context, n_heads, n_kv_heads, block_si
     assert torch.equal(out[1], torch.zeros_like(out[1]))
 
 
+@pytest.mark.parametrize(("n_heads", "n_kv_heads"), HEADS)
+def test_decode_merges_many_splits_in_one_launch(triton_ops, device, paged_context, n_heads, n_kv_heads):
+    # With 8 splits of whole 128-key tiles, 700 keys occupy 6 splits, 300 keys 3 and 128 keys
+    # one (no merge); the last split of each (sequence, kv head) to finish merges them.
+    from cairn.kernels.triton_ops import decode
+
+    context_lens = [700, 300, 0, 128, 129]
+    ctx = paged_context(context_lens, n_kv_heads, 16, 16, torch.float32, device, seed=8)
+    q = _queries(len(context_lens), n_heads, 16, device, seed=9)
+    args = (q, ctx.k_cache, ctx.v_cache, ctx.block_tables, ctx.seq_lens, 0.25)
+    expected = reference.paged_decode_attention(*args)
+    for _ in range(2):
+        out = triton_ops.paged_decode_attention(*args, num_splits=8)
+        torch.testing.assert_close(out, expected, **TOL)
+        # Each merge resets its arrival count, so the next launch (or graph replay) starts at zero.
+        assert not decode._ARRIVALS[q.device].any()
+
+
 def test_decode_head_dim_not_power_of_two(triton_ops, device, paged_context) -> None:
     ctx = paged_context([19, 70], 2, 24, 8, torch.float32, device, seed=3)
     q = _queries(2, 4, 24, device, seed=4)

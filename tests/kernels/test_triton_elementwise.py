@@ -104,3 +104,46 @@ def test_write_kv_cache_casts_to_cache_dtype(triton_ops, device) -> None:
     triton_ops.write_kv_cache(k, v, k_cache, v_cache, torch.tensor([6, 1, 2], device=device))
     assert torch.equal(k_cache[1, 2], k[0].half())
     assert torch.equal(v_cache[0, 2], v[2].half())
+
+
+def _rotary_cache_case(n_heads: int, n_kv_heads: int, head_dim: int, device: torch.device, seed: int):
+    n_tokens, n_blocks, block_size, max_position = 9, 5, 4, 64
+    width = (n_heads + 2 * n_kv_heads) * head_dim
+    # A column slice, as a wider projection output would be: rows are not contiguous with each other.
+    qkv = _randn(n_tokens, width + 8, seed=seed, device=device)[:, :width]
+    bias = _randn(width, seed=seed + 1, device=device)
+    gen = torch.Generator().manual_seed(seed + 2)
+    positions = torch.randint(0, max_position, (n_tokens,), generator=gen, dtype=torch.int32).to(device)
+    slots = torch.randperm(n_blocks * block_size, generator=gen)[:n_tokens].to(torch.int32)
+    slots[[1, 6]] = -1
+    cache = build_rope_cache(head_dim, max_position, 10000.0, None, device)
+    shape = (n_blocks, block_size, n_kv_heads, head_dim)
+    caches = [torch.full(shape, float("nan"), device=device) for _ in range(4)]
+    return qkv, bias, positions, cache, slots.to(device), caches
+
+
+@pytest.mark.parametrize("with_bias", [False, True])
+@pytest.mark.parametrize(("n_heads", "n_kv_heads", "head_dim"), [(4, 2, 16), (6, 1, 24)])
+def test_rotary_and_cache(triton_ops, device, with_bias: bool, n_heads: int, n_kv_heads: int, head_dim: int):
+    qkv, bias, positions, cache, slots, caches = _rotary_cache_case(n_heads, n_kv_heads, head_dim, device, 20)
+    bias = bias if with_bias else None
+    before = qkv.clone()
+    expected = reference.rotary_and_cache(qkv, positions, cache, caches[0], caches[1], slots, bias)
+    out = triton_ops.rotary_and_cache(qkv, positions, cache, caches[2], caches[3], slots, bias)
+    assert out.shape == (qkv.shape[0], n_heads, head_dim) and out.is_contiguous()
+    torch.testing.assert_close(out, expected, **TOL)
+    # NaN marks every slot no token wrote: the same slots, with the same values.
+    torch.testing.assert_close(caches[2], caches[0], equal_nan=True, **TOL)
+    torch.testing.assert_close(caches[3], caches[1], equal_nan=True, **TOL)
+    assert int((~caches[2].isnan()).all(dim=-1).all(dim=-1).sum()) == len(slots) - 2
+    assert torch.equal(qkv, before)
+
+
+def test_rotary_and_cache_casts_to_cache_dtype(triton_ops, device) -> None:
+    qkv, _, positions, cache, slots, caches = _rotary_cache_case(4, 2, 16, device, 30)
+    half = [torch.zeros_like(c, dtype=torch.float16) for c in caches[:2]]
+    reference.rotary_and_cache(qkv, positions, cache, caches[0], caches[1], slots)
+    triton_ops.rotary_and_cache(qkv, positions, cache, half[0], half[1], slots)
+    written = ~caches[0].isnan()
+    assert torch.equal(half[0][written], caches[0][written].half())
+    assert torch.equal(half[1][written], caches[1][written].half())

@@ -3,8 +3,9 @@
 The batch puts its single-token sequences (decodes) first and its multi-token
 chunks after them: the decode rows go to the paged decode kernel, the rest to
 the varlen prefill kernel, both reading K/V back from the cache this step's
-tokens were just written into. A chunk that starts after cached tokens (chunked
-prefill, prefix-cache hit) therefore needs nothing special.
+tokens were just written into (`kernels.rotary_and_cache`). A chunk that starts
+after cached tokens (chunked prefill, prefix-cache hit) therefore needs nothing
+special.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from cairn import kernels
 
 @dataclass
 class AttentionMetadata:
-    # [T] int64 cache slot of every token (block_id * block_size + offset); -1 skips the write.
+    # [T] int32 (or int64) cache slot of every token (block_id * block_size + offset); -1 skips the write.
     slot_mapping: torch.Tensor
     # Rows [0, num_decode_tokens) are one-token sequences, one row each.
     num_decode_tokens: int
@@ -33,16 +34,10 @@ class AttentionMetadata:
 
 
 def paged_attention(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    kv_cache: tuple[torch.Tensor, torch.Tensor],
-    meta: AttentionMetadata,
-    scale: float,
+    q: torch.Tensor, kv_cache: tuple[torch.Tensor, torch.Tensor], meta: AttentionMetadata, scale: float
 ) -> torch.Tensor:
-    """q [T, Hq, D], k/v [T, Hk, D] of this step's tokens -> [T, Hq, D]."""
+    """q [T, Hq, D] of this step's tokens, whose K/V are already in the cache -> [T, Hq, D]."""
     k_cache, v_cache = kv_cache
-    kernels.write_kv_cache(k, v, k_cache, v_cache, meta.slot_mapping)
     num_decodes = meta.num_decode_tokens
     decode = prefill = None
     if num_decodes:

@@ -27,6 +27,8 @@ _FUSED = {
     "gate_proj": ("gate_up_proj", 0),
     "up_proj": ("gate_up_proj", 1),
 }
+# Fused parameters that are not the fused module's own: (fused module, tensor) -> our parameter.
+_FUSED_PARAMETERS = {("qkv_proj", "bias"): "qkv_bias"}
 # Checkpoint entries that are not weights (precomputed RoPE tables of old exports).
 _IGNORED_SUFFIXES = ("rotary_emb.inv_freq", "rotary_emb.cos_cached", "rotary_emb.sin_cached")
 
@@ -52,7 +54,11 @@ class LlamaAttention(nn.Module):
         self.q_size = config.num_heads * config.head_dim
         self.kv_size = config.num_kv_heads * config.head_dim
         self.scale = config.head_dim**-0.5
-        self.qkv_proj = nn.Linear(config.hidden_size, self.q_size + 2 * self.kv_size, bias=config.qkv_bias)
+        qkv_size = self.q_size + 2 * self.kv_size
+        # The q/k/v bias (Qwen2) is added by the rotary kernel, not the GEMM: at one
+        # row, cuBLAS has no bias epilogue and would launch a separate bias copy.
+        self.qkv_proj = nn.Linear(config.hidden_size, qkv_size, bias=False)
+        self.qkv_bias = nn.Parameter(torch.empty(qkv_size)) if config.qkv_bias else None
         self.o_proj = nn.Linear(self.q_size, config.hidden_size, bias=config.o_proj_bias)
 
     def shard_sizes(self) -> tuple[int, ...]:
@@ -66,14 +72,12 @@ class LlamaAttention(nn.Module):
         meta: AttentionMetadata,
         kv_cache: tuple[torch.Tensor, torch.Tensor],
     ) -> torch.Tensor:
-        tokens = x.shape[0]
-        q, k, v = self.qkv_proj(x).split(self.shard_sizes(), dim=-1)
-        q = q.view(tokens, self.num_heads, self.head_dim)
-        k = k.view(tokens, self.num_kv_heads, self.head_dim)
-        v = v.view(tokens, self.num_kv_heads, self.head_dim)
-        q, k = kernels.apply_rotary(q, k, positions, rope_cache)
-        out = paged_attention(q, k, v, kv_cache, meta, self.scale)
-        return self.o_proj(out.view(tokens, self.q_size))
+        k_cache, v_cache = kv_cache
+        q = kernels.rotary_and_cache(
+            self.qkv_proj(x), positions, rope_cache, k_cache, v_cache, meta.slot_mapping, self.qkv_bias
+        )
+        out = paged_attention(q, kv_cache, meta, self.scale)
+        return self.o_proj(out.view(x.shape[0], self.q_size))
 
 
 class LlamaMLP(nn.Module):
@@ -209,7 +213,8 @@ class LlamaForCausalLM(nn.Module):
                     f"checkpoint tensor {name} matches no parameter of {self.config.architecture}"
                 )
             return name, None, params[name].data
-        target = ".".join([*parts[:-2], fused[0], parts[-1]])
+        fused_name = _FUSED_PARAMETERS.get((fused[0], parts[-1]), f"{fused[0]}.{parts[-1]}")
+        target = ".".join([*parts[:-2], fused_name])
         if target not in params:
             raise InvalidArgument(
                 f"checkpoint tensor {name} matches no parameter of {self.config.architecture}"
@@ -221,9 +226,19 @@ class LlamaForCausalLM(nn.Module):
     def _expected_shards(self, params: dict[str, nn.Parameter]) -> Iterable[tuple[str, int | None]]:
         fused_names = {fused for fused, _ in _FUSED.values()}
         for name in params:
-            parts = name.split(".")
-            if parts[-2] in fused_names:
-                sizes = self.get_submodule(".".join(parts[:-2])).shard_sizes()
-                yield from ((name, shard) for shard in range(len(sizes)))
-            else:
+            owner = _fused_owner(name, fused_names)
+            if owner is None:
                 yield name, None
+            else:
+                sizes = self.get_submodule(owner).shard_sizes()
+                yield from ((name, shard) for shard in range(len(sizes)))
+
+
+def _fused_owner(name: str, fused_names: set[str]) -> str | None:
+    """The module whose shard_sizes() split fused parameter `name`; None if it is not fused."""
+    parts = name.split(".")
+    if parts[-1] in _FUSED_PARAMETERS.values():
+        return ".".join(parts[:-1])
+    if len(parts) >= 2 and parts[-2] in fused_names:
+        return ".".join(parts[:-2])
+    return None
