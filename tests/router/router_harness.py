@@ -1,0 +1,154 @@
+"""Test plumbing for the router suite: a background event loop with the real serving stack on it.
+
+Tokenizer service, scheduler services and routers run as they do in
+production, on loopback ports, on one event loop in a thread, so tests stay
+synchronous and call them like any client would.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Callable, Coroutine
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import grpc
+
+from cairn.common.config import ServiceConfig
+from cairn.common.server import GrpcService, RunningServer, start_server
+from cairn.services.router.config import RouterConfig
+from cairn.services.router.server import RouterRuntime
+from cairn.services.scheduler.launcher import LocalLauncher
+from cairn.services.scheduler.pool import WorkerPool
+from cairn.services.scheduler.server import grpc_service
+from cairn.services.scheduler.service_config import SchedulerServiceConfig
+from cairn.v1 import inference_pb2_grpc, scheduler_pb2, scheduler_pb2_grpc
+
+R = TypeVar("R")
+
+
+class LoopThread:
+    """An event loop on a thread: servers live there, tests stay synchronous."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, name="router-test-loop", daemon=True)
+        self._thread.start()
+
+    def run(self, coro: Coroutine[Any, Any, R], timeout: float = 180) -> R:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join()
+        self.loop.close()
+
+
+class Served:
+    """A service built by its own `build(config)` context manager, on an ephemeral loopback port."""
+
+    def __init__(
+        self,
+        loop: LoopThread,
+        config: ServiceConfig,
+        build: Callable[[Any], AbstractAsyncContextManager[list[GrpcService]]],
+    ) -> None:
+        self.loop = loop
+        self.config = config
+        self._built = build(config)
+        self.services: list[GrpcService] = []
+        self.running: RunningServer = loop.run(self._start())
+
+    async def _start(self) -> RunningServer:
+        self.services = await self._built.__aenter__()
+        return await start_server(self.config, self.services)
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.running.port}"
+
+    def stop(self) -> None:
+        self.loop.run(self.running.stop(None))
+        self.loop.run(self._built.__aexit__(None, None, None))
+
+
+class InProcessScheduler:
+    """A scheduler service whose worker is a ModelRunner in this process (the offline launcher):
+    the real pool and gRPC shell, without a Ray actor per replica."""
+
+    def __init__(self, loop: LoopThread, config: SchedulerServiceConfig) -> None:
+        self.loop = loop
+        self.pool = WorkerPool(LocalLauncher(), config, config.model, config.deployment_name)
+        self.running: RunningServer = loop.run(self._start(config))
+
+    async def _start(self, config: SchedulerServiceConfig) -> RunningServer:
+        await self.pool.start(config.num_workers)
+        return await start_server(config, [grpc_service(self.pool)])
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.running.port}"
+
+    def stop(self) -> None:
+        self.loop.run(self.running.stop(None))
+        self.loop.run(self.pool.close())
+
+
+@dataclass
+class Router:
+    loop: LoopThread
+    runtime: RouterRuntime
+    running: RunningServer
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.running.port}"
+
+    @property
+    def http_url(self) -> str:
+        return f"http://127.0.0.1:{self.runtime.http_port}"
+
+    def stub(self, channel: grpc.Channel) -> inference_pb2_grpc.InferenceStub:
+        return inference_pb2_grpc.InferenceStub(channel)
+
+    def stop(self) -> None:
+        self.loop.run(self.running.stop(None))
+        self.loop.run(self.runtime.close())
+
+
+def start_router(loop: LoopThread, **settings: Any) -> Router:
+    config = RouterConfig(
+        **({"port": 0, "metrics_port": 0, "http_port": 0, "log_level": "WARNING"} | settings)
+    )
+
+    async def start() -> Router:
+        runtime = RouterRuntime(config)
+        await runtime.start()
+        return Router(loop, runtime, await start_server(config, runtime.grpc_services()))
+
+    return loop.run(start())
+
+
+def scheduler_stats(address: str) -> scheduler_pb2.SchedulerStats:
+    with grpc.insecure_channel(address) as channel:
+        return scheduler_pb2_grpc.SchedulerStub(channel).Stats(scheduler_pb2.StatsRequest(), timeout=30)
+
+
+def wait_idle(address: str, timeout: float = 60.0) -> scheduler_pb2.SchedulerStats:
+    """The scheduler's stats once nothing runs or waits and every KV block is free again.
+
+    Fails (with the last stats) if that does not happen within `timeout`: a
+    leak shows as blocks that never come back.
+    """
+    end = time.monotonic() + timeout
+    while True:
+        stats = scheduler_stats(address)
+        total = sum(w.num_blocks for w in stats.workers)
+        if stats.running == 0 and stats.waiting == 0 and stats.free_blocks == total:
+            return stats
+        if time.monotonic() > end:
+            raise AssertionError(f"the scheduler did not go idle: {stats}")
+        time.sleep(0.05)
