@@ -32,6 +32,19 @@ _DEVICES = {
     common_pb2.DEVICE_KIND_CUDA: "cuda",
     common_pb2.DEVICE_KIND_XPU: "xpu",
 }
+_QUANTIZATIONS = {
+    worker_pb2.QUANTIZATION_AUTO: "auto",
+    worker_pb2.QUANTIZATION_NONE: "none",
+    worker_pb2.QUANTIZATION_W8A16: "w8a16",
+    worker_pb2.QUANTIZATION_W4A16: "w4a16",
+    worker_pb2.QUANTIZATION_W8A8_INT8: "w8a8_int8",
+    worker_pb2.QUANTIZATION_W8A8_FP8: "w8a8_fp8",
+}
+_KV_CACHE_DTYPES = {
+    worker_pb2.KV_CACHE_DTYPE_AUTO: "auto",
+    worker_pb2.KV_CACHE_DTYPE_INT8: "int8",
+    worker_pb2.KV_CACHE_DTYPE_FP8: "fp8",
+}
 
 
 def sampling_from_proto(
@@ -97,12 +110,16 @@ def engine_config_from_proto(config: worker_pb2.EngineConfig) -> EngineConfig:
         max_model_len=config.max_model_len or None,
         enforce_eager=config.enforce_eager,
         seed=config.seed,
+        quantization=_QUANTIZATIONS[config.quantization],
+        kv_cache_dtype=_KV_CACHE_DTYPES[config.kv_cache_dtype],
     )
 
 
 def engine_config_to_proto(config: EngineConfig) -> worker_pb2.EngineConfig:
     dtypes = {v: k for k, v in _DTYPES.items()}
     devices = {v: k for k, v in _DEVICES.items()}
+    quantizations = {v: k for k, v in _QUANTIZATIONS.items()}
+    kv_cache_dtypes = {v: k for k, v in _KV_CACHE_DTYPES.items()}
     return worker_pb2.EngineConfig(
         model=common_pb2.ModelRef(ref=str(config.model)),
         dtype=dtypes[config.dtype],
@@ -117,6 +134,8 @@ def engine_config_to_proto(config: EngineConfig) -> worker_pb2.EngineConfig:
         max_model_len=config.max_model_len or 0,
         enforce_eager=config.enforce_eager,
         seed=config.seed,
+        quantization=quantizations[config.quantization],
+        kv_cache_dtype=kv_cache_dtypes[config.kv_cache_dtype],
     )
 
 

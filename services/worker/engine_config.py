@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 
 from cairn.common.errors import InvalidArgument
+from cairn.services.worker.quantization.config import KV_CACHE_DTYPES, QUANTIZATIONS
 
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 _DEVICES = ("auto", "cpu", "cuda", "xpu")
@@ -47,12 +48,23 @@ class EngineConfig:
     # "safetensors" loads the checkpoint; "dummy" gives random weights from config.json
     # alone (benchmarks and profiling, like vLLM's load_format=dummy).
     load_format: str = "safetensors"
+    # Weight quantization: "auto" serves what the checkpoint declares; w8a16, w4a16, w8a8_int8,
+    # w8a8_fp8 must match it (or give random weights of that kind with load_format dummy).
+    quantization: str = "auto"
+    # KV cache element type: "auto" (the checkpoint's kv_cache_scheme, else the model dtype),
+    # "int8" or "fp8" (the checkpoint's static scales when it has them, else dynamic ones).
+    kv_cache_dtype: str = "auto"
 
     def __post_init__(self) -> None:
         checks = [
             (self.dtype == "auto" or self.dtype in _DTYPES, f"dtype must be auto or one of {list(_DTYPES)}"),
             (self.device in _DEVICES, f"device must be one of {list(_DEVICES)}, got {self.device!r}"),
             (self.load_format in _LOAD_FORMATS, f"load_format must be one of {list(_LOAD_FORMATS)}"),
+            (self.quantization in QUANTIZATIONS, f"quantization must be one of {list(QUANTIZATIONS)}"),
+            (
+                self.kv_cache_dtype in KV_CACHE_DTYPES,
+                f"kv_cache_dtype must be one of {list(KV_CACHE_DTYPES)}",
+            ),
             (self.block_size > 0, f"block_size must be > 0, got {self.block_size}"),
             (
                 0.0 < self.gpu_memory_utilization <= 1.0,

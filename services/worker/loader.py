@@ -18,6 +18,7 @@ from safetensors import safe_open
 
 from cairn.common.errors import InvalidArgument, NotFound
 from cairn.services.worker.models import MODEL_CLASSES, LlamaForCausalLM, ModelConfig
+from cairn.services.worker.quantization import QuantConfig, QuantizedCheckpoint, quantize_model
 
 _INDEX = "model.safetensors.index.json"
 _SINGLE = "model.safetensors"
@@ -72,11 +73,18 @@ def _default_dtype(dtype: torch.dtype) -> Iterator[None]:
 
 
 def build_model(
-    config: ModelConfig, device: torch.device, dtype: torch.dtype, max_position: int
+    config: ModelConfig,
+    device: torch.device,
+    dtype: torch.dtype,
+    max_position: int,
+    quant: QuantConfig | None = None,
 ) -> LlamaForCausalLM:
-    """The model with uninitialized weights on `device`, ready for `load_weights`."""
+    """The model with uninitialized weights on `device`, ready for `load_weights`; with `quant`,
+    the linear layers it covers are quantized ones."""
     with torch.device("meta"), _default_dtype(dtype):
         model = MODEL_CLASSES[config.architecture](config)
+        if quant is not None:
+            quantize_model(model, quant, dtype)
     model.to_empty(device=device)
     # to_empty swaps in new Parameters, which unties shared ones.
     model.tie_weights()
@@ -98,9 +106,17 @@ def init_dummy_weights(model: LlamaForCausalLM, seed: int) -> None:
 
 
 def load_model(
-    model_dir: Path, config: ModelConfig, device: torch.device, dtype: torch.dtype, max_position: int
+    model_dir: Path,
+    config: ModelConfig,
+    device: torch.device,
+    dtype: torch.dtype,
+    max_position: int,
+    quant: QuantConfig | None = None,
 ) -> LlamaForCausalLM:
-    model = build_model(config, device, dtype, max_position)
+    model = build_model(config, device, dtype, max_position, quant)
+    weights = iter_checkpoint_tensors(checkpoint_files(model_dir))
+    if quant is not None:
+        weights = QuantizedCheckpoint(model, quant).route(weights)
     with torch.no_grad():
-        model.load_weights(iter_checkpoint_tensors(checkpoint_files(model_dir)))
+        model.load_weights(weights)
     return model

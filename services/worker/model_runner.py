@@ -12,6 +12,8 @@ copy-on-write destination of a `block_copies` pair) through `new_block_ids`.
 
 from __future__ import annotations
 
+import itertools
+import json
 import logging
 
 import numpy as np
@@ -24,6 +26,13 @@ from cairn.services.worker.input_batch import HostBatch, InputBatchBuilder, Prom
 from cairn.services.worker.kv_cache import KVCache, accelerator_kv_budget, num_blocks_for
 from cairn.services.worker.loader import build_model, init_dummy_weights, load_model, resolve_model_path
 from cairn.services.worker.models import LlamaForCausalLM, ModelConfig
+from cairn.services.worker.quantization import (
+    KVCacheQuant,
+    checkpoint_quantization,
+    engine_quantization,
+    init_dummy_quantized,
+    resolve_kv_cache,
+)
 from cairn.services.worker.sampler import Sampler, SamplerOutput, SamplingBatch, prompt_logprobs
 from cairn.services.worker.sampling_params import SamplingParams
 from cairn.services.worker.sequence_table import SeqState, SequenceTable
@@ -51,6 +60,7 @@ class ModelRunner:
         self.graphs: DecodeGraphs | None = None
         self.num_blocks = 0
         self.weight_bytes = 0
+        self.kv_quant: KVCacheQuant | None = None
         self.peak_activation_bytes = 0
 
     # -- setup ---------------------------------------------------------------------------------
@@ -70,18 +80,27 @@ class ModelRunner:
         self.max_model_len = config.max_model_len or limit
         self.eos_token_id = model_config.eos_token_ids[0] if model_config.eos_token_ids else None
         torch.manual_seed(config.seed)
-        if config.load_format == "dummy":
-            self.model = build_model(model_config, self.device, self.dtype, self.max_model_len)
+        dummy = config.load_format == "dummy"
+        declared = checkpoint_quantization(json.loads((self.model_dir / "config.json").read_text()))
+        self.quantization = quant = engine_quantization(config.quantization, declared, dummy)
+        if dummy:
+            self.model = build_model(model_config, self.device, self.dtype, self.max_model_len, quant)
             init_dummy_weights(self.model, config.seed)
+            init_dummy_quantized(self.model, config.seed)
         else:
-            self.model = load_model(self.model_dir, model_config, self.device, self.dtype, self.max_model_len)
-        self.weight_bytes = sum(p.nbytes for p in self.model.parameters())
+            self.model = load_model(
+                self.model_dir, model_config, self.device, self.dtype, self.max_model_len, quant
+            )
+        self.kv_quant = resolve_kv_cache(config.kv_cache_dtype, quant, self.model)
+        tensors = itertools.chain(self.model.parameters(), self.model.buffers())
+        self.weight_bytes = sum(t.nbytes for t in tensors)
         log.info(
-            "loaded %s (%s) on %s as %s: %.2f GiB of weights",
+            "loaded %s (%s) on %s as %s, quantization %s: %.2f GiB of weights",
             self.model_dir,
             model_config.architecture,
             self.device,
             self.dtype,
+            quant.name,
             self.weight_bytes / 2**30,
         )
 
@@ -99,7 +118,7 @@ class ModelRunner:
             num_blocks = config.num_blocks
         elif self.device.type == "cpu":
             num_blocks = num_blocks_for(
-                int(config.cpu_kv_cache_gb * 2**30), model_config, self.block_size, self.dtype
+                int(config.cpu_kv_cache_gb * 2**30), model_config, self.block_size, self.dtype, self.kv_quant
             )
         else:
             num_blocks = self._profile_num_blocks()
@@ -129,7 +148,9 @@ class ModelRunner:
     def _allocate(self, num_blocks: int) -> None:
         config = self.config
         self.kv_cache = None
-        self.kv_cache = KVCache(self.model_config, num_blocks, self.block_size, self.dtype, self.device)
+        self.kv_cache = KVCache(
+            self.model_config, num_blocks, self.block_size, self.dtype, self.device, self.kv_quant
+        )
         self.num_blocks = num_blocks
         self.table = SequenceTable(
             self.max_model_len, self.block_size, num_blocks, self.model_config.vocab_size, config.max_num_seqs
@@ -176,7 +197,7 @@ class ModelRunner:
             self.peak_activation_bytes / 2**30,
             budget / 2**30,
         )
-        return num_blocks_for(budget, self.model_config, self.block_size, self.dtype)
+        return num_blocks_for(budget, self.model_config, self.block_size, self.dtype, self.kv_quant)
 
     # -- steps ---------------------------------------------------------------------------------
 
