@@ -236,8 +236,17 @@ def render(values: dict[str, Any] | None = None) -> Rendered:
     return _render(json.dumps(values or {}, sort_keys=True))
 
 
+def chart_defaults() -> dict[str, Any]:
+    """The chart's values.yaml."""
+    return _chart().values
+
+
+def variant_values(name: str) -> dict[str, Any]:
+    return merge(PASSWORD, VARIANTS[name])
+
+
 def render_variant(name: str) -> Rendered:
-    return render(merge(PASSWORD, VARIANTS[name]))
+    return render(variant_values(name))
 
 
 def render_error(values: dict[str, Any]) -> str:
