@@ -139,8 +139,10 @@ def run_batch(
     defaults: Mapping[str, Any],
     *,
     progress: bool = True,
-    stderr: TextIO = sys.stderr,
+    stderr: TextIO | None = None,
 ) -> BatchSummary:
+    """Runs every line of `input_path`; `stderr` (default sys.stderr) gets bad lines' reports."""
+    stderr = stderr or sys.stderr
     summary = BatchSummary()
     # (line number, id) per non-blank line, in order; requests for the parsable ones.
     lines: list[tuple[int, Any]] = []

@@ -147,6 +147,7 @@ class WorkerPool:
         self._scale_lock = asyncio.Lock()
         self._tasks: set[asyncio.Task] = set()
         self._watcher: asyncio.Task | None = None
+        self._closing = False
         # Figures of replicas that are gone, so totals never go backwards.
         self._retired_preemptions = 0
         self._retired_generated = 0
@@ -162,12 +163,11 @@ class WorkerPool:
         self._watcher = asyncio.create_task(self._watch(), name=f"cairn-pool-{self.deployment}")
 
     async def close(self) -> None:
-        for task in [self._watcher, *self._tasks]:
-            if task is not None:
-                task.cancel()
-        await asyncio.gather(
-            *(t for t in [self._watcher, *self._tasks] if t is not None), return_exceptions=True
-        )
+        self._closing = True
+        tasks = [t for t in [self._watcher, *self._tasks] if t is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
         for stream in list(self._streams.values()):
             stream.fail(Unavailable(f"deployment {self.deployment} is shutting down"))
         await asyncio.gather(*(self._retire(r) for r in self.replicas), return_exceptions=True)
@@ -342,7 +342,8 @@ class WorkerPool:
                 replica.client, info, self.options, self.metrics.engine, self._on_engine_failure
             )
         except BaseException:
-            self.replicas.remove(replica)
+            if replica in self.replicas:
+                self.replicas.remove(replica)
             await self._retire(replica)
             raise
         engine.start()
@@ -444,6 +445,9 @@ class WorkerPool:
                 self.replicas = [r for r in self.replicas if r.health is not WorkerHealth.DEAD]
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        if self._closing:
+            coro.close()
+            return
         task = asyncio.create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._task_done)
