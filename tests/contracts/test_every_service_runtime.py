@@ -123,10 +123,14 @@ def _metrics_after_call(metrics_port: int, grpc_service: str) -> list[str]:
     for _ in range(100):
         page = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).read().decode()
         lines = page.splitlines()
-        if any(line.startswith("cairn_grpc_requests_total") and label in line for line in lines):
+        counted = [
+            any(line.startswith(metric) and label in line for line in lines)
+            for metric in ("cairn_grpc_requests_total", "cairn_grpc_errors_total")
+        ]
+        if all(counted):
             return lines
         time.sleep(0.1)
-    pytest.fail(f"no cairn_grpc_requests_total for {grpc_service}:\n{page}")
+    pytest.fail(f"no cairn_grpc_requests_total / cairn_grpc_errors_total for {grpc_service}:\n{page}")
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
