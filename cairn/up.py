@@ -2,8 +2,10 @@
 
 Today that is the model registry (SQLite + a local blob directory under
 $CAIRN_HOME) holding the locally built tiny model, which is built and pushed
-on first start. Each service runs on the common runtime exactly as it would
-alone; this module only wires them together and prints how to reach them.
+on first start, and a scheduler serving that model from the registry on a
+local Ray instance with one CPU worker. Each service runs on the common
+runtime exactly as it would alone; this module only wires them together and
+prints how to reach them.
 """
 
 from __future__ import annotations
@@ -29,6 +31,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--host", default="127.0.0.1", help="address every service binds")
     parser.add_argument(
         "--registry-port", type=int, default=50055, help="registry gRPC port (0: any free port)"
+    )
+    parser.add_argument(
+        "--scheduler-port", type=int, default=50053, help="scheduler gRPC port (0: any free port)"
     )
     parser.add_argument("--model", default=DEFAULT_MODEL, help="name of the embedded default model")
     parser.set_defaults(func=_up)
@@ -80,8 +85,34 @@ async def _serve(args: argparse.Namespace) -> int:
         target = f"{args.host}:{registry.port}"
         os.environ["CAIRN_REGISTRY"] = target
         try:
-            ref = await asyncio.to_thread(ensure_default_model, target, args.model, home)
-            print(_banner(home, target, ref), flush=True)
+            await asyncio.to_thread(ensure_default_model, target, args.model, home)
+            await _serve_scheduler(args, home, target)
+        finally:
+            await registry.stop(grace=5.0)
+    return 0
+
+
+async def _serve_scheduler(args: argparse.Namespace, home: Path, registry: str) -> None:
+    """The scheduler for the default model (local Ray, one CPU worker), until a signal."""
+    from cairn.common.server import start_server
+    from cairn.services.scheduler.server import scheduler_services
+    from cairn.services.scheduler.service_config import SchedulerServiceConfig
+
+    config = SchedulerServiceConfig(
+        host=args.host,
+        port=args.scheduler_port,
+        metrics_port=0,
+        model=f"{args.model}@production",
+        deployment=args.model,
+        num_workers=1,
+        device="cpu",
+        # The tiny model needs little KV cache; the 1 GiB default would only cost start-up time.
+        cpu_kv_cache_gb=0.0625,
+    )
+    async with scheduler_services(config) as services:
+        scheduler = await start_server(config, services)
+        try:
+            print(_banner(home, registry, f"{args.host}:{scheduler.port}", config.model), flush=True)
             stop = asyncio.Event()
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGTERM, signal.SIGINT):
@@ -89,20 +120,21 @@ async def _serve(args: argparse.Namespace) -> int:
             await stop.wait()
             print("cairn up: shutting down", flush=True)
         finally:
-            await registry.stop(grace=5.0)
-    return 0
+            await scheduler.stop(grace=5.0)
 
 
-def _banner(home: Path, registry: str, ref: str) -> str:
+def _banner(home: Path, registry: str, scheduler: str, ref: str) -> str:
     return "\n".join(
         [
             "cairn is up",
             f"  state directory  {home}",
-            f"  registry         {registry}   (model {ref}, alias production)",
+            f"  registry         {registry}   (model {ref})",
+            f"  scheduler        {scheduler}   (serves {ref} on 1 CPU worker, local Ray)",
             "",
             "try:",
             f"  cairn registry ls --registry {registry}",
             f"  cairn registry show {ref} --registry {registry}",
+            f"  grpcurl -plaintext {scheduler} cairn.v1.Scheduler/ListWorkers",
             "",
             "Ctrl-C stops every service.",
         ]
