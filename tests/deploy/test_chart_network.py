@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 from deploy_chart import Rendered, env_values, merge, render, render_variant, selector_matches, variant_values
-from test_chart_wiring import cairn_containers, container_port, reach
+from test_chart_wiring import cairn_containers, reach
 
 from cairn.jobs.runners.base import Launch
 from cairn.jobs.runners.k8s import KubernetesRunner
@@ -86,9 +86,10 @@ def calls(rendered: Rendered) -> list[tuple[str, Pod, Pod, int]]:
             elif name == "CAIRN_ROUTER_DEPLOYMENTS":
                 addresses = [a for group in json.loads(value).values() for a in group]
             for address in addresses:
-                callee_template, callee_container = reach(rendered, address)
-                port = container_port(callee_container, "grpc")
-                found.append((f"{where} {name}", caller, Pod(callee_template["metadata"]["labels"]), port))
+                landing = reach(rendered, address)
+                found.append(
+                    (f"{where} {name}", caller, Pod(landing.template["metadata"]["labels"]), landing.port)
+                )
     for cluster in rendered.of_kind("RayCluster"):
         model = cluster["metadata"]["labels"]["cairn.dev/deployment"]
         heads, workers = labels_of(rendered, "ray-head", model), labels_of(rendered, "ray-worker", model)
@@ -134,9 +135,8 @@ def test_prometheus_reaches_every_metrics_port(variant: str) -> None:
     for service in rendered.of_kind("Service"):
         for port in service["spec"]["ports"]:
             if port["name"] == "metrics":
-                template, container = reach(rendered, f"{service['metadata']['name']}:{port['port']}")
-                callee = Pod(template["metadata"]["labels"])
-                assert admits(rendered, callee, container_port(container, "metrics"), PROMETHEUS)
+                landing = reach(rendered, f"{service['metadata']['name']}:{port['port']}")
+                assert admits(rendered, Pod(landing.template["metadata"]["labels"]), landing.port, PROMETHEUS)
     for head in labels_of(rendered, "ray-head"):
         assert admits(rendered, head, 8080, PROMETHEUS)
 

@@ -9,6 +9,7 @@ import importlib
 import json
 import pkgutil
 import re
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -49,8 +50,16 @@ def serving_port(container: dict[str, Any], service: str) -> int:
     return int(container_env(container)[f"CAIRN_{service.upper()}_PORT"]["value"])
 
 
-def reach(rendered: Rendered, address: str) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The pod template and container a host:port address lands on, through its Service."""
+@dataclass(frozen=True)
+class Landing:
+    """Where a host:port address lands, through its Service: the pod template, container and port."""
+
+    template: dict[str, Any]
+    container: dict[str, Any]
+    port: int
+
+
+def reach(rendered: Rendered, address: str) -> Landing:
     host, port = address.rsplit(":", 1)
     service = rendered.find("Service", host)
     assert service is not None, f"{address}: no Service {host}"
@@ -61,8 +70,9 @@ def reach(rendered: Rendered, address: str) -> tuple[dict[str, Any], dict[str, A
     template = workloads[0][1]
     target = ports[int(port)]["targetPort"]
     for container in template["spec"]["containers"]:
-        if any(p.get("name") == target for p in container.get("ports", [])):
-            return template, container
+        for container_port in container.get("ports", []):
+            if container_port.get("name") == target:
+                return Landing(template, container, container_port["containerPort"])
     raise AssertionError(f"{address}: no container of {workloads[0][0]} exposes {target}")
 
 
@@ -79,9 +89,9 @@ def test_addresses_in_env_reach_the_serving_port_of_the_right_tier(variant: str)
             component = ADDRESS_ENVS.get(name)
             if component is None:
                 continue
-            target_template, target = reach(rendered, value)
-            assert target_template["metadata"]["labels"]["app.kubernetes.io/component"] == component, where
-            assert container_port(target, "grpc") == serving_port(target, component)
+            landing = reach(rendered, value)
+            assert landing.template["metadata"]["labels"]["app.kubernetes.io/component"] == component, where
+            assert landing.port == serving_port(landing.container, component), f"{where} {name}"
             checked += 1
     assert checked >= 2
 
@@ -112,10 +122,10 @@ def test_router_routes_each_served_model_to_its_own_scheduler(variant: str) -> N
     assert sum(len(addresses) for addresses in routes.values()) == len(schedulers(rendered))
     for served, addresses in routes.items():
         for address in addresses:
-            _, container = reach(rendered, address)
+            landing = reach(rendered, address)
             # The scheduler reports (and labels its metrics with) the name the router routes on.
-            assert env_values(container)["CAIRN_SCHEDULER_DEPLOYMENT"] == served
-            assert container_port(container, "grpc") == serving_port(container, "scheduler")
+            assert env_values(landing.container)["CAIRN_SCHEDULER_DEPLOYMENT"] == served
+            assert landing.port == serving_port(landing.container, "scheduler")
     if variant == "gpu-workers":
         assert routes == {
             "meta-llama/Llama-3.1-8B-Instruct": ["cairn-scheduler-llama-8b:50053"],
