@@ -322,3 +322,57 @@ def env_values(container: dict[str, Any]) -> dict[str, str]:
             ref = entry["valueFrom"]["secretKeyRef"]
             values[name] = f"secret:{ref['name']}/{ref['key']}"
     return values
+
+
+def cairn_containers(rendered: Rendered) -> list[tuple[str, dict[str, Any], dict[str, Any], str]]:
+    """(where, pod template, container, service) for every `cairn <service> serve` container."""
+    found = []
+    for where, template in rendered.pod_templates():
+        for container in template["spec"]["containers"]:
+            command = container.get("command", [])
+            if command[:1] == ["cairn"] and command[2:] == ["serve"]:
+                found.append((where, template, container, command[1]))
+    return found
+
+
+def serving_port(container: dict[str, Any], service: str) -> int:
+    return int(container_env(container)[f"CAIRN_{service.upper()}_PORT"]["value"])
+
+
+@dataclass(frozen=True)
+class Landing:
+    """Where a host:port address lands, through its Service: the pod template, container and port."""
+
+    template: dict[str, Any]
+    container: dict[str, Any]
+    port: int
+
+
+def reach(rendered: Rendered, address: str) -> Landing:
+    host, port = address.rsplit(":", 1)
+    service = rendered.find("Service", host)
+    assert service is not None, f"{address}: no Service {host}"
+    ports = {p["port"]: p for p in service["spec"]["ports"]}
+    assert int(port) in ports, f"{address}: Service {host} has ports {sorted(ports)}"
+    workloads = rendered.workloads_selected_by(service["spec"]["selector"])
+    assert len(workloads) == 1, f"{address}: Service {host} selects {[w for w, _ in workloads]}"
+    template = workloads[0][1]
+    target = ports[int(port)]["targetPort"]
+    for container in template["spec"]["containers"]:
+        for container_port in container.get("ports", []):
+            if container_port.get("name") == target:
+                return Landing(template, container, container_port["containerPort"])
+    raise AssertionError(f"{address}: no container of {workloads[0][0]} exposes {target}")
+
+
+def container_port(container: dict[str, Any], name: str) -> int:
+    return next(p["containerPort"] for p in container["ports"] if p["name"] == name)
+
+
+def ray_containers(rendered: Rendered) -> list[tuple[str, dict[str, Any], dict[str, Any], str]]:
+    return [
+        (where, template, container, "ray")
+        for where, template in rendered.pod_templates()
+        if where.startswith("RayCluster")
+        for container in template["spec"]["containers"]
+    ]

@@ -20,10 +20,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from deploy_chart import REPO, VARIANTS, Rendered, env_values, render_variant
+from deploy_chart import REPO, VARIANTS, Rendered, cairn_containers, env_values, render_variant
 from kube_fakes import RBAC_OF_CALL, FakeBatch, FakeCore, FakeRayClusters, pod
 from pydantic import create_model
-from test_chart_wiring import cairn_containers
 
 from cairn import cli
 from cairn.common.config import ServiceConfig, add_config_arguments, env_prefix_for, load_config

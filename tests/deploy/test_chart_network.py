@@ -9,8 +9,17 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
-from deploy_chart import Rendered, env_values, merge, render, render_variant, selector_matches, variant_values
-from test_chart_wiring import cairn_containers, reach
+from deploy_chart import (
+    Rendered,
+    cairn_containers,
+    env_values,
+    merge,
+    reach,
+    render,
+    render_variant,
+    selector_matches,
+    variant_values,
+)
 
 from cairn.jobs.runners.base import Launch
 from cairn.jobs.runners.k8s import KubernetesRunner

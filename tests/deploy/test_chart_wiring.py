@@ -9,11 +9,23 @@ import importlib
 import json
 import pkgutil
 import re
-from dataclasses import dataclass
 from typing import Any
 
 import pytest
-from deploy_chart import PASSWORD, VARIANTS, Rendered, container_env, env_values, labels_match, render_variant
+from deploy_chart import (
+    PASSWORD,
+    VARIANTS,
+    Rendered,
+    cairn_containers,
+    container_env,
+    container_port,
+    env_values,
+    labels_match,
+    ray_containers,
+    reach,
+    render_variant,
+    serving_port,
+)
 
 import cairn.v1
 
@@ -35,51 +47,6 @@ ADDRESS_ENVS = {
 CREDENTIALS_IN_URL = re.compile(r"://[^/@\s]+:[^/@\s]+@")
 
 
-def cairn_containers(rendered: Rendered) -> list[tuple[str, dict[str, Any], dict[str, Any], str]]:
-    """(where, pod template, container, service) for every `cairn <service> serve` container."""
-    found = []
-    for where, template in rendered.pod_templates():
-        for container in template["spec"]["containers"]:
-            command = container.get("command", [])
-            if command[:1] == ["cairn"] and command[2:] == ["serve"]:
-                found.append((where, template, container, command[1]))
-    return found
-
-
-def serving_port(container: dict[str, Any], service: str) -> int:
-    return int(container_env(container)[f"CAIRN_{service.upper()}_PORT"]["value"])
-
-
-@dataclass(frozen=True)
-class Landing:
-    """Where a host:port address lands, through its Service: the pod template, container and port."""
-
-    template: dict[str, Any]
-    container: dict[str, Any]
-    port: int
-
-
-def reach(rendered: Rendered, address: str) -> Landing:
-    host, port = address.rsplit(":", 1)
-    service = rendered.find("Service", host)
-    assert service is not None, f"{address}: no Service {host}"
-    ports = {p["port"]: p for p in service["spec"]["ports"]}
-    assert int(port) in ports, f"{address}: Service {host} has ports {sorted(ports)}"
-    workloads = rendered.workloads_selected_by(service["spec"]["selector"])
-    assert len(workloads) == 1, f"{address}: Service {host} selects {[w for w, _ in workloads]}"
-    template = workloads[0][1]
-    target = ports[int(port)]["targetPort"]
-    for container in template["spec"]["containers"]:
-        for container_port in container.get("ports", []):
-            if container_port.get("name") == target:
-                return Landing(template, container, container_port["containerPort"])
-    raise AssertionError(f"{address}: no container of {workloads[0][0]} exposes {target}")
-
-
-def container_port(container: dict[str, Any], name: str) -> int:
-    return next(p["containerPort"] for p in container["ports"] if p["name"] == name)
-
-
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_addresses_in_env_reach_the_serving_port_of_the_right_tier(variant: str) -> None:
     rendered = render_variant(variant)
@@ -94,15 +61,6 @@ def test_addresses_in_env_reach_the_serving_port_of_the_right_tier(variant: str)
             assert landing.port == serving_port(landing.container, component), f"{where} {name}"
             checked += 1
     assert checked >= 2
-
-
-def ray_containers(rendered: Rendered) -> list[tuple[str, dict[str, Any], dict[str, Any], str]]:
-    return [
-        (where, template, container, "ray")
-        for where, template in rendered.pod_templates()
-        if where.startswith("RayCluster")
-        for container in template["spec"]["containers"]
-    ]
 
 
 def schedulers(rendered: Rendered) -> list[tuple[dict[str, Any], dict[str, str]]]:
