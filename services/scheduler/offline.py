@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from cairn.common.errors import CairnError, FailedPrecondition, InvalidArgument
+from cairn.common.errors import CairnError, InvalidArgument
 from cairn.services.scheduler.engine import Engine
 from cairn.services.scheduler.metrics import EngineMetrics
 from cairn.services.scheduler.output import RequestOutput
@@ -148,6 +148,7 @@ class LLM:
             raise
         self.model_dir = self._worker.runner.model_dir
         self._tokenizer: Any = None
+        self._decode: Callable[[list[int]], str | None] | None = None
         self._batches = itertools.count()
 
     async def _start(self) -> None:
@@ -257,11 +258,13 @@ class LLM:
     def _decoder(self) -> Callable[[list[int]], str | None]:
         """Token ids to text, or to None when the model has no tokenizer (e.g. a
         benchmark's bare config.json)."""
-        try:
-            hf = self.tokenizer.hf
-        except FailedPrecondition:
-            return lambda tokens: None
-        return lambda tokens: hf.decode(tokens, skip_special_tokens=True)
+        if self._decode is None:
+            try:
+                hf = self.tokenizer.hf
+                self._decode = lambda tokens: hf.decode(tokens, skip_special_tokens=True)
+            except CairnError:
+                self._decode = lambda tokens: None
+        return self._decode
 
 
 def _progress_bar(total: int) -> Any:
