@@ -359,9 +359,9 @@ def reach(rendered: Rendered, address: str) -> Landing:
     template = workloads[0][1]
     target = ports[int(port)]["targetPort"]
     for container in template["spec"]["containers"]:
-        for container_port in container.get("ports", []):
-            if container_port.get("name") == target:
-                return Landing(template, container, container_port["containerPort"])
+        for declared in container.get("ports", []):
+            if declared.get("name") == target:
+                return Landing(template, container, declared["containerPort"])
     raise AssertionError(f"{address}: no container of {workloads[0][0]} exposes {target}")
 
 
