@@ -7,14 +7,14 @@ directory to them (and to Ray's workers, which inherit the environment).
 from __future__ import annotations
 
 import os
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from jobs_harness import ManagerFactory
 
 from cairn.jobs.manager import JobManager
-from cairn.jobs.records import Job, RunnerKind
+from cairn.jobs.records import RunnerKind
 from cairn.jobs.runners.base import Runner
 from cairn.jobs.runners.local import LocalRunner
 from cairn.jobs.states import JobState
@@ -45,9 +45,6 @@ def store(db_url: str) -> Iterator[JobStore]:
     s = JobStore(db_url)
     yield s
     s.close()
-
-
-ManagerFactory = Callable[..., JobManager]
 
 
 @pytest.fixture
@@ -81,23 +78,3 @@ def make_manager(tmp_path: Path) -> Iterator[ManagerFactory]:
         for job in manager.store.with_state("test", JobState.RUNNING):
             if job.handle is not None:
                 manager.runners[job.runner].cancel(job.handle)
-
-
-def wait_for(condition: Callable[[], object], what: str, timeout: float = 60.0) -> object:
-    """Poll until `condition()` is truthy; for effects that child processes cause."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"gave up waiting for {what}")
-        time.sleep(0.02)
-
-
-def wait_state(store: JobStore, job_id: str, *states: object, timeout: float = 60.0) -> Job:
-    def reached() -> Job | None:
-        job = store.get(job_id)
-        return job if job.state in states else None
-
-    return wait_for(reached, f"job {job_id} to reach {states}", timeout)  # type: ignore[return-value]

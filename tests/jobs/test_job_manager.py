@@ -8,7 +8,7 @@ import signal
 from pathlib import Path
 
 import pytest
-from conftest import ManagerFactory, wait_for, wait_state
+from jobs_harness import ManagerFactory, wait_for, wait_state
 
 from cairn.common.errors import FailedPrecondition
 from cairn.jobs.records import Job, RunnerKind

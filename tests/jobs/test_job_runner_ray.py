@@ -6,7 +6,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import ManagerFactory, wait_for, wait_state
+from jobs_harness import ManagerFactory, wait_for, wait_state
 
 from cairn.jobs.records import RunnerKind
 from cairn.jobs.runners.raycluster import RayRunner

@@ -8,11 +8,18 @@ tests do not wait on it.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from trainer_harness import ServiceThread, chat_records, preference_records, text_records, write_jsonl
+from trainer_harness import (
+    ServiceThread,
+    TrainerFactory,
+    chat_records,
+    preference_records,
+    text_records,
+    write_jsonl,
+)
 
 from cairn.jobs.config import JobsConfig
 from cairn.services.registry.client import RegistryClient
@@ -54,9 +61,6 @@ def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     lines[2] = lines[2][:-5]
     (root / "broken.jsonl").write_text("\n".join(lines) + "\n")
     return root
-
-
-TrainerFactory = Callable[..., ServiceThread]
 
 
 @pytest.fixture(scope="session")

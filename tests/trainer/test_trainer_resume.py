@@ -11,9 +11,7 @@ import signal
 import time
 from pathlib import Path
 
-from conftest import TrainerFactory
-from test_trainer_service import _processes_mentioning, _spec
-from trainer_harness import FINISHED, wait_for_state
+from trainer_harness import FINISHED, TrainerFactory, job_spec, processes_mentioning, wait_for_state
 
 from cairn.jobs.store import JobStore
 from cairn.services.trainer.client import TrainerClient
@@ -26,21 +24,21 @@ def test_killed_runner_and_restarted_service_resume_from_the_last_checkpoint(
     root = tmp_path / "trainer"
     first = trainer_factory(root)
     args = {"learning_rate": 1e-2, "max_steps": 80, "save_steps": 5, "save_total_limit": 2, "zero_stage": 2}
-    spec = _spec(tiny_ref, data_dir / "chat.jsonl", "lora", "svc-resumed", args=args)
+    spec = job_spec(tiny_ref, data_dir / "chat.jsonl", "lora", "svc-resumed", args=args)
     with TrainerClient(first.address) as client:
         job = client.submit(spec)
         deadline = time.monotonic() + 300
         while client.get(job.id).status.checkpoint_step < 5:
             assert client.get(job.id).status.state not in FINISHED and time.monotonic() < deadline
             time.sleep(0.02)
-        pids = _processes_mentioning(job.id)
+        pids = processes_mentioning(job.id)
         for pid in pids:
             os.kill(pid, signal.SIGSTOP)
         frozen = client.get(job.id).status
     first.stop()
     for pid in pids:
         os.kill(pid, signal.SIGKILL)
-    while _processes_mentioning(job.id):
+    while processes_mentioning(job.id):
         time.sleep(0.02)
     assert frozen.state == common_pb2.JOB_STATE_RUNNING and frozen.progress.step < 80
 

@@ -15,52 +15,45 @@ from typing import Any
 
 import pytest
 import torch
-from trainer_harness import FINISHED, ServiceThread, wait_for_state
+from trainer_harness import FINISHED, ServiceThread, job_spec, processes_mentioning, wait_for_state
 
 from cairn.common.errors import FailedPrecondition, InvalidArgument, NotFound
 from cairn.services.registry.client import RegistryClient
 from cairn.services.trainer.client import TrainerClient
 from cairn.services.trainer.data.encode import Encoder
 from cairn.services.trainer.data.reader import read_examples
-from cairn.services.trainer.jobfile import spec_from_yaml
 from cairn.services.trainer.modeling import load_tokenizer
 from cairn.services.trainer.plan import DatasetFormat
 from cairn.v1 import common_pb2, trainer_pb2
 
 SUCCEEDED = common_pb2.JOB_STATE_SUCCEEDED
-ARGS = {"micro_batch_size": 2, "logging_steps": 5, "lr_scheduler": "constant"}
-
-
-def _spec(tiny_ref: str, data: Path, method: str, name: str, **fields: Any) -> trainer_pb2.TrainJobSpec:
-    spec = {
-        "base_model": tiny_ref,
-        "method": method,
-        "dataset": {"uri": str(data), "eval_uri": str(data)},
-        "output": {"name": name},
-        **fields,
-    }
-    spec["args"] = {**ARGS, **fields.get("args", {})}
-    return spec_from_yaml(spec)
 
 
 @pytest.fixture(scope="module")
 def jobs(trainer: TrainerClient, tiny_ref: str, data_dir: Path) -> Iterator[dict[str, Any]]:
     chat, pairs, text = data_dir / "chat.jsonl", data_dir / "pairs.jsonl", data_dir / "text.jsonl"
+
+    def spec(
+        data: Path, method: str, name: str, lr: float, steps: int, **fields: Any
+    ) -> trainer_pb2.TrainJobSpec:
+        args = {"learning_rate": lr, "max_steps": steps, **fields.pop("args", {})}
+        return job_spec(tiny_ref, data, method, name, args=args, **fields)
+
+    merge = {"name": "svc-lora", "merge_lora": True, "aliases": ["candidate"]}
+    reference = {"beta": 0.2, "reference_model": "tiny@base"}
+    ranks = {"micro_batch_size": 1, "zero_stage": 2, "num_workers": 2}
     specs = {
-        "lora": _spec(tiny_ref, chat, "lora", "svc-lora", args={"learning_rate": 1e-2, "max_steps": 30},
-                      output={"name": "svc-lora", "merge_lora": True, "aliases": ["candidate"]},
-                      labels={"team": "nlp"}),
-        "sft": _spec(tiny_ref, chat, "sft", "svc-sft", args={"learning_rate": 1e-3, "max_steps": 30}),
-        "prefix-tuning": _spec(tiny_ref, chat, "prefix-tuning", "svc-prefix",
-                               args={"learning_rate": 1e-1, "max_steps": 60}),
-        "dpo": _spec(tiny_ref, pairs, "dpo", "svc-dpo", args={"learning_rate": 1e-3, "max_steps": 20}),
-        "pretrain": _spec(tiny_ref, text, "pretrain", "svc-pretrain",
-                          args={"learning_rate": 1e-3, "max_steps": 30, "packing": True}),
-        "zero2-ranks": _spec(tiny_ref, chat, "lora", "svc-zero2",
-                             args={"learning_rate": 1e-2, "max_steps": 30, "micro_batch_size": 1,
-                                   "zero_stage": 2, "num_workers": 2}),
-        "broken": _spec(tiny_ref, data_dir / "broken.jsonl", "lora", "svc-broken"),
-    }  # fmt: skip
+        "lora": spec(
+            chat, "lora", "svc-lora", 1e-2, 30, args={"eval_steps": 10}, output=merge, labels={"team": "nlp"}
+        ),
+        "sft": spec(chat, "sft", "svc-sft", 1e-3, 30),
+        "prefix-tuning": spec(chat, "prefix-tuning", "svc-prefix", 1e-1, 60),
+        "dpo": spec(pairs, "dpo", "svc-dpo", 1e-3, 20),
+        "dpo-lora": spec(pairs, "dpo", "svc-dpo-lora", 1e-2, 20, lora={"r": 8}, dpo=reference),
+        "pretrain": spec(text, "pretrain", "svc-pretrain", 1e-3, 30, args={"packing": True}),
+        "zero2-ranks": spec(chat, "lora", "svc-zero2", 1e-2, 30, args=ranks),
+        "broken": spec(data_dir / "broken.jsonl", "lora", "svc-broken", 1e-2, 30),
+    }
     submitted = {name: trainer.submit(spec) for name, spec in specs.items()}
     events: list[common_pb2.JobEvent] = []
     watcher = threading.Thread(
@@ -88,7 +81,7 @@ def _loss(model: Any, tokenizer: Any, data: Path) -> float:
     return total / count
 
 
-@pytest.mark.parametrize("method", ["sft", "lora", "prefix-tuning", "dpo", "pretrain"])
+@pytest.mark.parametrize("method", ["sft", "lora", "prefix-tuning", "dpo", "dpo-lora", "pretrain"])
 def test_methods_halve_the_training_loss(
     jobs: dict[str, Any], registry: RegistryClient, tiny_ref: str, method: str
 ) -> None:
@@ -106,7 +99,9 @@ def test_methods_halve_the_training_loss(
     )
     dataset = Path(job.spec.dataset.uri)
     assert recipe["dataset_sha256"] == hashlib.sha256(dataset.read_bytes()).hexdigest()
-    assert version.format == ("peft-adapter" if method in ("lora", "prefix-tuning") else "hf-model")
+    assert version.format == (
+        "peft-adapter" if method in ("lora", "prefix-tuning", "dpo-lora") else "hf-model"
+    )
     assert version.labels["cairn.dev/job-id"] == job.id
     assert job.status.progress.step == job.status.progress.total_steps == recipe["spec"]["args"]["max_steps"]
 
@@ -169,6 +164,10 @@ def test_watch_streams_status_first_then_progress_then_logs(jobs: dict[str, Any]
     assert statuses[-1].state == SUCCEEDED and statuses[-1].result.model == "svc-lora"
     steps = [s.progress.step for s in statuses]
     assert steps == sorted(steps) and steps[-1] == 30 and 10 in steps
+    # eval_steps=10: reports from step 10 on carry an evaluation loss, earlier ones none.
+    assert all(
+        s.progress.HasField("eval_loss") == (s.progress.step >= 10) for s in statuses if s.progress.step
+    )
     logs = [e.log for e in events if e.log]
     assert any(line.startswith("INFO cairn.trainer: step 30/30 loss") for line in logs), logs
     assert any("published svc-lora@1" in line for line in logs)
@@ -185,37 +184,27 @@ def test_list_and_get(jobs: dict[str, Any], trainer: TrainerClient) -> None:
     assert got.spec == jobs["submitted"]["lora"].spec and got.status.runner == common_pb2.RUNNER_KIND_LOCAL
     with pytest.raises(NotFound, match="not found"):
         trainer.get("train-000000000000")
+    with pytest.raises(NotFound, match="not found"):
+        list(trainer.watch("train-000000000000"))
     with pytest.raises(FailedPrecondition, match="has finished"):
         trainer.cancel(ids[0])
     with pytest.raises(FailedPrecondition, match="SUCCEEDED; it cannot become QUEUED"):
         trainer.resume(ids[0])
 
 
-def _processes_mentioning(text: str) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                if text.encode() in (entry / "cmdline").read_bytes():
-                    found.append(int(entry.name))
-            except OSError:
-                continue
-    return found
-
-
 def test_cancel_stops_a_running_job(
     trainer: TrainerClient, tiny_ref: str, data_dir: Path, jobs: object
 ) -> None:
     args = {"max_steps": 1_000_000, "logging_steps": 1}
-    spec = _spec(tiny_ref, data_dir / "chat.jsonl", "lora", "svc-cancel", args=args)
+    spec = job_spec(tiny_ref, data_dir / "chat.jsonl", "lora", "svc-cancel", args=args)
     job = trainer.submit(spec)
     for event in trainer.watch(job.id):
         if event.status.progress.step >= 2:
             break
-    assert _processes_mentioning(job.id)
+    assert processes_mentioning(job.id)
     cancelled = trainer.cancel(job.id)
     assert cancelled.status.state == common_pb2.JOB_STATE_CANCELLED
-    assert not _processes_mentioning(job.id)
+    assert not processes_mentioning(job.id)
     assert trainer.get(job.id).status.state == common_pb2.JOB_STATE_CANCELLED
 
 
@@ -226,20 +215,20 @@ def test_bad_submissions_are_refused_before_a_job_exists(
     with pytest.raises(InvalidArgument, match="base_model: required"):
         trainer.submit(trainer_pb2.TrainJobSpec(method=trainer_pb2.TRAIN_METHOD_LORA))
     with pytest.raises(InvalidArgument, match="prefix tuning cannot pack"):
-        trainer.submit(_spec(tiny_ref, chat, "prefix-tuning", "x", args={"packing": True}))
+        trainer.submit(job_spec(tiny_ref, chat, "prefix-tuning", "x", args={"packing": True}))
     with pytest.raises(FailedPrecondition, match="runner 'kubernetes' is not configured"):
-        trainer.submit(_spec(tiny_ref, chat, "lora", "x", runner="kubernetes"))
+        trainer.submit(job_spec(tiny_ref, chat, "lora", "x", runner="kubernetes"))
     if not (torch.cuda.is_available() and _has_bitsandbytes()):
         with pytest.raises(FailedPrecondition, match="method qlora needs"):
-            trainer.submit(_spec(tiny_ref, chat, "qlora", "x"))
+            trainer.submit(job_spec(tiny_ref, chat, "qlora", "x"))
 
 
 def _has_bitsandbytes() -> bool:
     import importlib.util
 
-    return importlib.util.find_spec("bitsandbytes") is not None
+    return importlib.util.findjob_spec("bitsandbytes") is not None
 
 
 def test_runner_processes_are_gone(jobs: dict[str, Any]) -> None:
-    assert all(not _processes_mentioning(job.id) for job in jobs["submitted"].values())
+    assert all(not processes_mentioning(job.id) for job in jobs["submitted"].values())
     assert os.environ.get("CAIRN_JOBS_DB_URL") is None

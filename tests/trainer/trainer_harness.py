@@ -13,6 +13,7 @@ from typing import Any
 
 from cairn.common.config import ServiceConfig
 from cairn.common.server import RunningServer, start_server
+from cairn.services.trainer.jobfile import spec_from_yaml
 from cairn.v1 import common_pb2, trainer_pb2
 
 # A memorization set: short, fixed answers the tiny model can learn in a few dozen steps.
@@ -65,6 +66,9 @@ class ServiceThread:
         self.loop.close()
 
 
+TrainerFactory = Callable[..., ServiceThread]
+
+
 def write_jsonl(path: Path, records: list[dict[str, Any]]) -> Path:
     path.write_text("".join(json.dumps(r) + "\n" for r in records))
     return path
@@ -94,6 +98,35 @@ def wait_for_state(client: Any, job_id: str, *states: int, timeout: float = 300.
             name = common_pb2.JobState.Name(job.status.state)
             raise AssertionError(f"job {job_id} is still {name} after {timeout}s: {job.status.error}")
         time.sleep(0.05)
+
+
+ARGS = {"micro_batch_size": 2, "logging_steps": 5, "lr_scheduler": "constant"}
+
+
+def job_spec(tiny_ref: str, data: Path, method: str, name: str, **fields: Any) -> trainer_pb2.TrainJobSpec:
+    """A job on `data` (also its eval set) with small-batch defaults, fields as in the YAML job file."""
+    spec = {
+        "base_model": tiny_ref,
+        "method": method,
+        "dataset": {"uri": str(data), "eval_uri": str(data)},
+        "output": {"name": name},
+        **fields,
+    }
+    spec["args"] = {**ARGS, **fields.get("args", {})}
+    return spec_from_yaml(spec)
+
+
+def processes_mentioning(text: str) -> list[int]:
+    """Pids whose command line contains `text` (job processes carry their job id)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if text.encode() in (entry / "cmdline").read_bytes():
+                    found.append(int(entry.name))
+            except OSError:
+                continue
+    return found
 
 
 FINISHED = (common_pb2.JOB_STATE_SUCCEEDED, common_pb2.JOB_STATE_FAILED, common_pb2.JOB_STATE_CANCELLED)
