@@ -244,7 +244,10 @@ class WorkerPool:
             if stream.finished:
                 continue
             if stream.num_moves >= self.max_moves:
-                self._fail(stream, Unavailable(f"request {stream.request_id} lost {self.max_moves} workers"))
+                message = (
+                    f"request {stream.request_id} moved {self.max_moves} times (workers lost or removed)"
+                )
+                self._fail(stream, Unavailable(message))
                 continue
             for piece in stream.replacement_pieces(pieces):
                 self.metrics.moved()

@@ -7,14 +7,17 @@ the request, so its KV blocks are freed within a step.
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from typing import Protocol
 
 import grpc
 
 from cairn.common.server import GrpcService
 from cairn.services.scheduler import convert
+from cairn.services.scheduler.kuberay import RayClusterScaler
 from cairn.services.scheduler.launcher import RayLauncher, connect_ray
 from cairn.services.scheduler.pool import NodeScaler, WorkerPool
 from cairn.services.scheduler.service_config import SchedulerServiceConfig
@@ -74,18 +77,16 @@ def grpc_service(pool: WorkerPool) -> GrpcService:
     return GrpcService(SERVICE_NAME, servicer, scheduler_pb2_grpc.add_SchedulerServicer_to_server)
 
 
-def node_scaler(config: SchedulerServiceConfig) -> NodeScaler | None:
+def node_scaler(config: SchedulerServiceConfig) -> RayClusterScaler | None:
     """In a cluster with `raycluster_name` set, the KubeRay worker group follows the pool's size."""
     if not config.raycluster_name:
         return None
-    from cairn.services.scheduler.kuberay import RayClusterScaler
-
     return RayClusterScaler(
         config.raycluster_name, config.raycluster_worker_group, config.raycluster_namespace or None
     )
 
 
-def build_pool(config: SchedulerServiceConfig) -> WorkerPool:
+def build_pool(config: SchedulerServiceConfig, scaler: NodeScaler | None = None) -> WorkerPool:
     """The pool a scheduler service runs: Ray actors, local Ray unless ray_address is set."""
     if not config.model:
         raise ValueError("no model to serve: set --model (a registry reference or a model directory)")
@@ -102,16 +103,55 @@ def build_pool(config: SchedulerServiceConfig) -> WorkerPool:
         health_check_timeout_s=config.health_check_timeout_s,
         health_check_failures=config.health_check_failures,
         drain_timeout_s=config.drain_timeout_s,
-        node_scaler=node_scaler(config),
+        node_scaler=scaler,
     )
+
+
+class ClusterScaler(NodeScaler, Protocol):
+    """A NodeScaler that also holds the worker count (a KubeRay worker group)."""
+
+    async def desired_workers(self) -> int: ...
+
+    async def follow(self, on_change: Callable[[int], Awaitable[object]], workers: int) -> None: ...
+
+
+async def start_pool(
+    pool: WorkerPool, config: SchedulerServiceConfig, scaler: ClusterScaler | None
+) -> asyncio.Task | None:
+    """Starts the pool with num_workers workers; in a cluster, unless num_workers was set, with
+    what the worker group says (chart, kubectl, Ray autoscaler all write it), and returns the
+    task that keeps following it."""
+    if scaler is None or "num_workers" in config.model_fields_set:
+        await pool.start(config.num_workers)
+        return None
+    workers = await scaler.desired_workers()
+    await pool.start(workers)
+    return asyncio.create_task(scaler.follow(_scale_logged(pool), workers))
 
 
 @asynccontextmanager
 async def scheduler_services(config: SchedulerServiceConfig) -> AsyncIterator[list[GrpcService]]:
-    pool = build_pool(config)
+    scaler = node_scaler(config)
+    pool = build_pool(config, scaler)
+    following: asyncio.Task | None = None
     try:
-        await pool.start(config.num_workers)
-        log.info("deployment %s serves %s on %d workers", pool.deployment, config.model, config.num_workers)
+        following = await start_pool(pool, config, scaler)
+        log.info("deployment %s serves %s on %d workers", pool.deployment, config.model, pool.target)
         yield [grpc_service(pool)]
     finally:
+        if following is not None:
+            following.cancel()
+            await asyncio.gather(following, return_exceptions=True)
         await pool.close()
+
+
+def _scale_logged(pool: WorkerPool) -> Callable[[int], Awaitable[None]]:
+    """pool.scale for a watcher that must outlive one failed scaling."""
+
+    async def scale(workers: int) -> None:
+        try:
+            await pool.scale(workers)
+        except Exception:
+            log.exception("could not scale deployment %s to %d workers", pool.deployment, workers)
+
+    return scale

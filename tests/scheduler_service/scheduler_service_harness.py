@@ -124,7 +124,7 @@ class ControlledLauncher:
         return None
 
 
-def local_pool(config: SchedulerServiceConfig, launcher: ControlledLauncher) -> WorkerPool:
+def local_pool(config: SchedulerServiceConfig, launcher: ControlledLauncher, **options: Any) -> WorkerPool:
     return WorkerPool(
         launcher,
         config,
@@ -132,6 +132,7 @@ def local_pool(config: SchedulerServiceConfig, launcher: ControlledLauncher) -> 
         config.deployment_name,
         max_queue=config.max_queue,
         health_check_interval_s=config.health_check_interval_s,
+        **options,
     )
 
 

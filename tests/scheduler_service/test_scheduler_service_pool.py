@@ -4,6 +4,7 @@ replica is lost (whole or per sample), and the limit on how often it may move.""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
@@ -23,6 +24,8 @@ from cairn.services.scheduler.output import RequestOutput, SampleOutput
 from cairn.services.scheduler.pool import WorkerHealth, WorkerPool
 from cairn.services.scheduler.request_stream import RequestStream
 from cairn.services.scheduler.sequence import FinishReason, Request
+from cairn.services.scheduler.server import start_pool
+from cairn.services.scheduler.service_config import SchedulerServiceConfig
 from cairn.services.worker.sampling_params import SamplingParams
 
 SPECS = workload(16, seed=3, max_tokens=(8, 24))
@@ -85,7 +88,7 @@ def test_a_request_that_keeps_losing_workers_fails_as_unavailable(
         finally:
             await pool.close()
 
-    with pytest.raises(Unavailable, match="lost 3 workers"):
+    with pytest.raises(Unavailable, match="moved 3 times"):
         loop.run(scenario())
     assert len(launcher.launched) >= 4
 
@@ -210,3 +213,81 @@ def test_a_request_waits_out_a_pool_without_a_healthy_replica(loop: LoopThread, 
     (tokens,) = loop.run(scenario())
     assert len(tokens[0]) == 3
     assert len(launcher.launched) == 2 and launcher.launched[0].steps == 0
+
+
+class _WorkerGroup:
+    """A KubeRay worker group as the pool sees it: it holds a worker count that the pool
+    resizes and that an operator may change."""
+
+    def __init__(self, workers: int) -> None:
+        self.workers = workers
+        self.resized: list[int] = []
+
+    async def scale(self, replicas: int) -> None:
+        self.resized.append(replicas)
+        self.workers = replicas
+
+    async def desired_workers(self) -> int:
+        return self.workers
+
+    async def follow(self, on_change: Callable[[int], Awaitable[object]], workers: int) -> None:
+        while True:
+            if self.workers != workers:
+                workers = self.workers
+                await on_change(workers)
+            await asyncio.sleep(0.01)
+
+
+def test_the_node_scaler_grows_before_workers_start_and_shrinks_after_they_drain(
+    loop: LoopThread, tiny_model_dir: Path
+) -> None:
+    group = _WorkerGroup(0)
+    config = service_config(str(tiny_model_dir))
+    pool = local_pool(config, ControlledLauncher(), node_scaler=group)
+
+    async def scenario() -> tuple[int, int]:
+        await pool.start(2)
+        try:
+            grown = len(pool.workers())
+            await pool.scale(1)
+            return grown, len(pool.workers())
+        finally:
+            await pool.close()
+
+    assert loop.run(scenario()) == (2, 1)
+    assert group.resized == [2, 1]
+
+
+def test_in_a_cluster_the_pool_starts_from_and_follows_the_worker_group(
+    loop: LoopThread, tiny_model_dir: Path
+) -> None:
+    given = service_config(str(tiny_model_dir))
+    # The chart sets no worker count: the group holds it.
+    config = SchedulerServiceConfig(**given.model_dump(exclude={"num_workers"}))
+    group = _WorkerGroup(2)
+    pool = local_pool(config, ControlledLauncher(), node_scaler=group)
+
+    async def scenario() -> tuple[int, int]:
+        following = await start_pool(pool, config, group)
+        try:
+            started = len(pool.workers())
+            group.workers = 1  # kubectl patch, helm upgrade or the Ray autoscaler
+            while len(pool.workers()) != 1:
+                await asyncio.sleep(0.01)
+            return started, pool.target
+        finally:
+            following.cancel()
+            await pool.close()
+
+    assert loop.run(scenario()) == (2, 1)
+    explicit = service_config(str(tiny_model_dir), num_workers=1)
+
+    async def pinned() -> int:
+        pool = local_pool(explicit, ControlledLauncher(), node_scaler=_WorkerGroup(3))
+        try:
+            assert await start_pool(pool, explicit, pool.node_scaler) is None
+            return len(pool.workers())
+        finally:
+            await pool.close()
+
+    assert loop.run(pinned()) == 1
