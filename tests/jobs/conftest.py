@@ -7,6 +7,7 @@ directory to them (and to Ray's workers, which inherit the environment).
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,6 +23,10 @@ from cairn.jobs.store import JobStore
 
 HERE = Path(__file__).parent
 ENTRY = "jobs_work:stepper"
+
+# The registry suite's throwaway PostgreSQL cluster, shared rather than copied.
+sys.path.insert(0, str(HERE.parent / "registry"))
+from registry_harness import PG_MISSING, PostgresCluster, create_database, find_pg_bindir  # noqa: E402
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -43,6 +48,32 @@ def db_url(tmp_path: Path) -> str:
 @pytest.fixture
 def store(db_url: str) -> Iterator[JobStore]:
     s = JobStore(db_url)
+    yield s
+    s.close()
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A PostgreSQL server for the session: $CAIRN_TEST_PG_URL, else a throwaway local cluster."""
+    if os.environ.get("CAIRN_TEST_PG_URL"):
+        yield os.environ["CAIRN_TEST_PG_URL"]
+        return
+    bindir = find_pg_bindir()
+    if bindir is None:
+        pytest.fail(PG_MISSING, pytrace=False)
+    cluster = PostgresCluster(bindir)
+    try:
+        cluster.start()
+        yield cluster.url()
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def any_store(request: pytest.FixtureRequest, db_url: str) -> Iterator[JobStore]:
+    """The store on SQLite, and on a fresh PostgreSQL database."""
+    url = db_url if request.param == "sqlite" else create_database(request.getfixturevalue("postgres_url"))
+    s = JobStore(url)
     yield s
     s.close()
 

@@ -1,4 +1,7 @@
-"""The store and the state machine, called directly: transitions, attempt guards, paging, logs."""
+"""The store and the state machine, called directly: transitions, attempt guards, paging, logs.
+
+Store tests run on SQLite and on PostgreSQL (`any_store`).
+"""
 
 from __future__ import annotations
 
@@ -21,6 +24,11 @@ LEGAL = {
     (JobState.FAILED, JobState.QUEUED),
     (JobState.CANCELLED, JobState.QUEUED),
 }
+
+
+@pytest.fixture
+def store(any_store: JobStore) -> JobStore:
+    return any_store
 
 
 @pytest.mark.parametrize(("current", "target"), list(itertools.product(JobState, JobState)))
