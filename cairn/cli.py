@@ -20,6 +20,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "cairn.services.tokenizer.cli",
     "cairn.services.scheduler.cli",
     "cairn.services.trainer.cli",
+    "cairn.services.quantizer.cli",
     "cairn.up",
 )
 
