@@ -192,6 +192,6 @@ class Engine:
     def _deliver(self, deltas: list[RequestOutput]) -> None:
         sinks = self._sinks
         for delta in deltas:
-            sink = sinks.pop(delta.request_id) if delta.finished else sinks.get(delta.request_id)
+            sink = sinks.pop(delta.request_id, None) if delta.finished else sinks.get(delta.request_id)
             if sink is not None:
                 sink(delta)
