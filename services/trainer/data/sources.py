@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import shutil
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,8 @@ def fetch(uri: str, download_dir: Path, registry: Any, cache_dir: Path | None) -
         path = download_dir / Path(uri.rstrip("/")).name
         if not path.exists():
             download_dir.mkdir(parents=True, exist_ok=True)
-            partial = path.with_name(path.name + ".partial")
+            # Every rank may download at once: each into its own file, renamed into place whole.
+            partial = path.with_name(f"{path.name}.{uuid.uuid4().hex}.partial")
             with fsspec.open(uri, "rb") as source, open(partial, "wb") as target:
                 shutil.copyfileobj(source, target, 1 << 20)
             partial.rename(path)
