@@ -45,7 +45,11 @@ def test_killing_a_worker_mid_generation_moves_its_requests_without_a_trace(
             responses += 1
             if killed or responses < 12:
                 return
-            replica = max(pool.replicas, key=lambda r: len(r.engine.scheduler.running))
+
+            def started(replica: Any) -> int:
+                return sum(r.first_output_sent for r in replica.engine.scheduler.requests.values())
+
+            replica = max(pool.replicas, key=started)
             requests = replica.engine.scheduler.requests
             killed["id"] = replica.worker_id
             killed["started"] = [rid for rid, r in requests.items() if r.first_output_sent]
