@@ -63,7 +63,12 @@ class JobsConfig(BaseModel):
         return list(dict.fromkeys([self.runner, *self.runners]))
 
 
-def build_runners(config: JobsConfig, log_dir: Path) -> dict[RunnerKind, Runner]:
+def build_runners(
+    config: JobsConfig, log_dir: Path, *, work_dir: Path | None = None
+) -> dict[RunnerKind, Runner]:
+    """The configured runners; local attempts write their output under `log_dir`. Kubernetes pods mount
+    the work volume at `work_dir` (the service's work dir, which job settings name), so checkpoints are
+    where every attempt looks."""
     runners: dict[RunnerKind, Runner] = {}
     for kind in config.runner_kinds():
         if kind == RunnerKind.LOCAL:
@@ -91,6 +96,7 @@ def build_runners(config: JobsConfig, log_dir: Path) -> dict[RunnerKind, Runner]
             runners[kind] = KubernetesRunner(
                 **k8s.model_dump(exclude={"ttl_seconds_after_finished"}),
                 ttl_seconds_after_finished=k8s.ttl_seconds_after_finished,
+                **({"work_mount_path": str(work_dir)} if work_dir is not None else {}),
                 cancel_grace_s=int(config.cancel_grace_s),
             )
     return runners

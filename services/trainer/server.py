@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+from cairn.common.errors import InvalidArgument
 from cairn.common.server import GrpcService, run_service
 from cairn.jobs.config import build_runners
 from cairn.jobs.convert import event_to_proto, runner_from_proto
@@ -56,7 +57,7 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServicer):
     async def ListJobs(
         self, request: common_pb2.ListJobsRequest, context: Any
     ) -> trainer_pb2.ListTrainJobsResponse:
-        states = [JobState(s) for s in request.states if s]
+        states = [_state(s) for s in request.states if s]
         jobs, token = await asyncio.to_thread(
             self._manager.list, states, request.page_size, request.page_token
         )
@@ -75,6 +76,13 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServicer):
         return job_to_proto(await asyncio.to_thread(self._manager.resume, request.job_id))
 
 
+def _state(value: int) -> JobState:
+    try:
+        return JobState(value)
+    except ValueError:
+        raise InvalidArgument(f"states: {value} is not a JobState") from None
+
+
 def open_manager(config: TrainerConfig) -> JobManager:
     store = JobStore(config.database())
     jobs = config.jobs
@@ -82,7 +90,7 @@ def open_manager(config: TrainerConfig) -> JobManager:
         store,
         kind=KIND,
         entry=ENTRY,
-        runners=build_runners(jobs, config.work() / "logs"),
+        runners=build_runners(jobs, config.work() / "logs", work_dir=config.work()),
         default_runner=jobs.runner,
         settings=config.job_settings(),
         id_prefix="train",

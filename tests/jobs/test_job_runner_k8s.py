@@ -219,16 +219,14 @@ def test_start_status_logs_and_cancel_call_the_api(fakes: tuple[FakeBatch, FakeC
 
 def test_config_builds_the_runner_and_requires_an_image(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"needs jobs\.kubernetes\.image"):
-        build_runners(JobsConfig(runner=RunnerKind.KUBERNETES), log_dir=tmp_path)
+        build_runners(JobsConfig(runner=RunnerKind.KUBERNETES), tmp_path)
     config = JobsConfig(
         runner=RunnerKind.KUBERNETES,
         kubernetes=KubernetesRunnerConfig(image="img:1", namespace="ml", gpus_per_worker=2),
     )
-    runners = build_runners(config, log_dir=tmp_path)
+    runners = build_runners(config, tmp_path / "logs", work_dir=tmp_path / "work")
     assert set(runners) == {RunnerKind.KUBERNETES, RunnerKind.LOCAL}
     k8s = runners[RunnerKind.KUBERNETES]
-    assert isinstance(k8s, KubernetesRunner) and (k8s.image, k8s.namespace, k8s.gpus_per_worker) == (
-        "img:1",
-        "ml",
-        2,
-    )
+    assert isinstance(k8s, KubernetesRunner)
+    assert (k8s.image, k8s.namespace, k8s.gpus_per_worker) == ("img:1", "ml", 2)
+    assert k8s.work_mount_path == str(tmp_path / "work")
