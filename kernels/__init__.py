@@ -17,18 +17,34 @@ from cairn.kernels.dispatch import (
     silu_and_mul,
     write_kv_cache,
 )
+from cairn.kernels.quant_dispatch import (
+    QuantizedKV,
+    paged_decode_attention_quant,
+    prefill_attention_quant,
+    quantize_activations,
+    scaled_gemm,
+    weight_only_gemm,
+    write_kv_cache_quant,
+)
 from cairn.kernels.rope_cache import build_rope_cache
 
 __all__ = [
+    "QuantizedKV",
     "apply_rotary",
     "backend_for",
     "build_rope_cache",
     "force_reference",
     "paged_decode_attention",
+    "paged_decode_attention_quant",
     "prefill_attention",
+    "prefill_attention_quant",
+    "quantize_activations",
     "reference_forced",
     "rms_norm",
     "rotary_and_cache",
+    "scaled_gemm",
     "silu_and_mul",
+    "weight_only_gemm",
     "write_kv_cache",
+    "write_kv_cache_quant",
 ]

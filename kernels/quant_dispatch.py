@@ -4,14 +4,15 @@ Same rules as `cairn.kernels.dispatch`: CPU tensors and `force_reference`
 take the reference. FP8 GEMMs use `torch._scaled_mm` on GPUs with FP8 tensor
 cores (compute capability 8.9+) and the reference (dequantize, matmul) on
 others; weight-only GEMMs whose groups are too small for tensor-core tiles
-also fall back to the reference.
+also fall back to the reference. While torch.compile traces, every call goes
+through its `torch.ops.cairn` custom op (`quant_custom_ops.py`) instead.
 """
 
 from __future__ import annotations
 
 import torch
 
-from cairn.kernels import reference
+from cairn.kernels import quant_custom_ops, reference
 from cairn.kernels.dispatch import backend_for
 from cairn.kernels.reference import quant_attention, quant_codes, quant_gemm, quant_kv_cache
 
@@ -27,6 +28,8 @@ def quantize_activations(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """x `[M, K]` -> (int8 or float8_e4m3fn codes `[M, K]`, fp32 scale): per row (`[M, 1]`) unless a
     static per-tensor `scale` (`[1]`, fp32) is given."""
+    if torch.compiler.is_compiling():
+        return quant_custom_ops.quantize_activations(x, dtype, scale)
     if _triton(x):
         from cairn.kernels.triton_ops.quant_activation import quantize_activations as impl
 
@@ -45,6 +48,8 @@ def weight_only_gemm(
 ) -> torch.Tensor:
     """x `[M, K]` @ W.T (+ bias) -> `[M, N]` in x.dtype, W packed as in `cairn.kernels.quant_layout`:
     `qweight` int32 `[K * bits // 32, N]`, `scales` (and `zeros`) `[K // group_size, N]`."""
+    if torch.compiler.is_compiling():
+        return quant_custom_ops.weight_only_gemm(x, qweight, scales, zeros, bits, group_size, bias)
     if _triton(x):
         from cairn.kernels.triton_ops import quant_gemm as triton_quant_gemm
 
@@ -63,6 +68,8 @@ def scaled_gemm(
 ) -> torch.Tensor:
     """W8A8: (x codes `[M, K]` * x scale `[M, 1]` or `[1]`) @ (W codes `[N, K]` * W scale `[N]`).T
     (+ bias) -> `[M, N]` of `out_dtype`. Codes are both int8 or both float8_e4m3fn; scales fp32."""
+    if torch.compiler.is_compiling():
+        return quant_custom_ops.scaled_gemm(x_codes, x_scale, w_codes, w_scale, bias, out_dtype)
     if _triton(x_codes):
         if x_codes.dtype == torch.int8:
             from cairn.kernels.triton_ops.quant_scaled_gemm import scaled_int8_gemm
@@ -112,6 +119,8 @@ def write_kv_cache_quant(
 
     Scales are fp32: one element (static, per tensor) or `[num_blocks, block_size, Hk]`
     (dynamic: one per token and head, written here)."""
+    if torch.compiler.is_compiling():
+        return quant_custom_ops.write_kv_cache_quant(k, v, k_cache, v_cache, k_scale, v_scale, slot_mapping)
     if _triton(k):
         from cairn.kernels.triton_ops.quant_kv_cache import write_kv_cache_quant as impl
 
@@ -130,6 +139,10 @@ def paged_decode_attention_quant(
     scale: float,
 ) -> torch.Tensor:
     """`cairn.kernels.paged_decode_attention` over an int8/fp8 cache with its scales."""
+    if torch.compiler.is_compiling():
+        return quant_custom_ops.paged_decode_attention_quant(
+            q, k_cache, v_cache, k_scale, v_scale, block_tables, seq_lens, scale
+        )
     if _triton(q):
         from cairn.kernels.triton_ops.quant_attention import paged_decode_attention_quant as impl
 
@@ -151,6 +164,10 @@ def prefill_attention_quant(
     scale: float,
 ) -> torch.Tensor:
     """`cairn.kernels.prefill_attention` over an int8/fp8 cache with its scales."""
+    if torch.compiler.is_compiling():
+        return quant_custom_ops.prefill_attention_quant(
+            q, k_cache, v_cache, k_scale, v_scale, block_tables, query_start_loc, seq_lens, scale
+        )
     if _triton(q):
         from cairn.kernels.triton_ops.quant_attention import prefill_attention_quant as impl
 
@@ -163,8 +180,6 @@ def prefill_attention_quant(
 class QuantizedKV:
     """The attention layer's cache kernels for one layer of an INT8/FP8 cache, scales bound: called
     exactly like `cairn.kernels`' `rotary_and_cache`, `paged_decode_attention` and `prefill_attention`."""
-
-    __slots__ = ("k_scale", "v_scale")
 
     def __init__(self, k_scale: torch.Tensor, v_scale: torch.Tensor) -> None:
         self.k_scale = k_scale

@@ -24,6 +24,7 @@ def write_kv_cache_quant(
     valid = slot_mapping >= 0
     if not bool(valid.all()):
         k, v, slot_mapping = k[valid], v[valid], slot_mapping[valid]
+    slot_mapping = slot_mapping.long()
     for values, cache, scale in ((k, k_cache, k_scale), (v, v_cache, v_scale)):
         values = values.float()
         if scale.numel() == 1:

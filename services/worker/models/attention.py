@@ -34,18 +34,23 @@ class AttentionMetadata:
 
 
 def paged_attention(
-    q: torch.Tensor, kv_cache: tuple[torch.Tensor, torch.Tensor], meta: AttentionMetadata, scale: float
+    q: torch.Tensor, kv_cache: tuple[torch.Tensor, ...], meta: AttentionMetadata, scale: float
 ) -> torch.Tensor:
-    """q [T, Hq, D] of this step's tokens, whose K/V are already in the cache -> [T, Hq, D]."""
-    k_cache, v_cache = kv_cache
+    """q [T, Hq, D] of this step's tokens, whose K/V are already in the cache -> [T, Hq, D].
+
+    `kv_cache` is (k_cache, v_cache), or (k_cache, v_cache, k_scale, v_scale) for an INT8/FP8 cache.
+    """
+    k_cache, v_cache, *kv_scales = kv_cache
+    # An INT8/FP8 cache carries its scales; its kernels take them bound.
+    ops = kernels.QuantizedKV(*kv_scales) if kv_scales else kernels
     num_decodes = meta.num_decode_tokens
     decode = prefill = None
     if num_decodes:
-        decode = kernels.paged_decode_attention(
+        decode = ops.paged_decode_attention(
             q[:num_decodes], k_cache, v_cache, meta.decode_block_tables, meta.decode_seq_lens, scale
         )
     if num_decodes < q.shape[0]:
-        prefill = kernels.prefill_attention(
+        prefill = ops.prefill_attention(
             q[num_decodes:],
             k_cache,
             v_cache,

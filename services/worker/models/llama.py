@@ -72,8 +72,10 @@ class LlamaAttention(nn.Module):
         meta: AttentionMetadata,
         kv_cache: tuple[torch.Tensor, torch.Tensor],
     ) -> torch.Tensor:
-        k_cache, v_cache = kv_cache
-        q = kernels.rotary_and_cache(
+        k_cache, v_cache, *kv_scales = kv_cache
+        # An INT8/FP8 cache carries its scales; its kernels take them bound.
+        ops = kernels.QuantizedKV(*kv_scales) if kv_scales else kernels
+        q = ops.rotary_and_cache(
             self.qkv_proj(x), positions, rope_cache, k_cache, v_cache, meta.slot_mapping, self.qkv_bias
         )
         out = paged_attention(q, kv_cache, meta, self.scale)
