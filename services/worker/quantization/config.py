@@ -72,12 +72,13 @@ class QuantConfig:
 
     def quantizes(self, module: str) -> bool:
         """Whether linear layer `module` (HF name, e.g. model.layers.0.self_attn.q_proj) is quantized."""
-        if self.weights is None or any(_matches(module, pattern) for pattern in self.ignore):
+        if self.weights is None or any(matches_module(module, pattern) for pattern in self.ignore):
             return False
-        return any(target == "Linear" or _matches(module, target) for target in self.targets)
+        return any(target == "Linear" or matches_module(module, target) for target in self.targets)
 
 
-def _matches(module: str, pattern: str) -> bool:
+def matches_module(module: str, pattern: str) -> bool:
+    """compressed-tensors matching: "re:<regex>" from the name's start, else the name or its last parts."""
     if pattern.startswith("re:"):
         return re.match(pattern[3:], module) is not None
     return module == pattern or module.endswith(f".{pattern}")

@@ -20,6 +20,8 @@ from cairn.services.worker.quantization.config import WEIGHT_ONLY, WeightScheme
 
 Tensors = dict[str, torch.Tensor]
 
+# Tensors a layer may carry that the worker does not need: they may arrive after the layer is complete.
+OPTIONAL_TENSORS = frozenset({"weight_shape", "g_idx", "weight_g_idx"})
 # AutoAWQ packs eight 4-bit columns per word in this order; REVERSE undoes it.
 _AWQ_ORDER = (0, 2, 4, 6, 1, 3, 5, 7)
 _AWQ_REVERSE = tuple(_AWQ_ORDER.index(i) for i in range(8))

@@ -88,6 +88,7 @@ class QuantizedCheckpoint:
         self.scheme = config.weights
         self.modules = dict(model.named_modules())
         self._pending: dict[str, dict[str, torch.Tensor]] = {}
+        self._installed: set[str] = set()
         self._kv_loaded: set[str] = set()
 
     def route(self, weights: Iterable[tuple[str, torch.Tensor]]) -> Iterator[tuple[str, torch.Tensor]]:
@@ -99,10 +100,15 @@ class QuantizedCheckpoint:
             if suffix == "bias" or not self._is_quantized_checkpoint_layer(module):
                 yield name, tensor
                 continue
+            if module in self._installed:
+                if suffix in formats.OPTIONAL_TENSORS:
+                    continue
+                raise InvalidArgument(f"checkpoint tensor {name} comes after its layer was already complete")
             pending = self._pending.setdefault(module, {})
             pending[suffix] = tensor
             if formats.required_tensors(self.scheme, pending) <= pending.keys():
                 dense = self._install(module, self._pending.pop(module))
+                self._installed.add(module)
                 if dense is not None:
                     yield f"{module}.weight", dense
         self._finish()
