@@ -21,6 +21,7 @@ import contextlib
 import enum
 import itertools
 import logging
+import time
 from collections.abc import Coroutine, Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -43,6 +44,8 @@ from cairn.services.scheduler.service_config import EngineOptions
 from cairn.services.scheduler.worker_client import WorkerClient, WorkerInfo
 
 log = logging.getLogger(__name__)
+
+MAX_RESPAWN_DELAY_S = 60.0
 
 
 class WorkerHealth(str, enum.Enum):
@@ -148,6 +151,9 @@ class WorkerPool:
         self._tasks: set[asyncio.Task] = set()
         self._watcher: asyncio.Task | None = None
         self._closing = False
+        # Back-off for replacing workers whose start failed (a model gone from the registry...).
+        self._respawn_delay = 0.0
+        self._respawn_at = 0.0
         # Figures of replicas that are gone, so totals never go backwards.
         self._retired_preemptions = 0
         self._retired_generated = 0
@@ -440,12 +446,21 @@ class WorkerPool:
         self._spawn(self._keep_size())
 
     async def _keep_size(self) -> None:
+        """Starts workers until the pool has its target size. A failed start is
+        retried by the health checks, backing off up to MAX_RESPAWN_DELAY_S."""
         async with self._scale_lock:
             missing = self.target - len(self._live_replicas())
-            if missing > 0:
-                await self._grow(missing)
-            else:
+            if missing <= 0:
                 self.replicas = [r for r in self.replicas if r.health is not WorkerHealth.DEAD]
+                return
+            try:
+                await self._grow(missing)
+            except Exception as err:
+                self._respawn_delay = min(2 * self._respawn_delay or 1.0, MAX_RESPAWN_DELAY_S)
+                self._respawn_at = time.monotonic() + self._respawn_delay
+                log.error("cannot start a worker (next try in %.0f s): %s", self._respawn_delay, err)
+            else:
+                self._respawn_delay = 0.0
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         if self._closing:
@@ -471,7 +486,8 @@ class WorkerPool:
                 replica.failed_checks = 0 if ok is True else replica.failed_checks + 1
                 if replica.failed_checks >= self.health_check_failures:
                     await self._lose(replica, f"{replica.failed_checks} health checks failed")
-            if len(self._live_replicas()) < self.target and not self._scale_lock.locked():
+            missing = len(self._live_replicas()) < self.target
+            if missing and not self._scale_lock.locked() and time.monotonic() >= self._respawn_at:
                 self._spawn(self._keep_size())
             self._refresh_metrics()
 
