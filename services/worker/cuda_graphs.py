@@ -1,11 +1,16 @@
-"""CUDA graphs of the decode forward, one per bucketed batch size.
+"""CUDA graphs of the decode step, one per bucketed batch size.
 
 A decode step of a small model is launch-bound: replaying a captured graph
 turns a few hundred kernel launches into one. Each graph reads fixed device
 buffers (token ids, positions, slots, lengths, block tables) laid out in one
-int32 allocation, so a step is: fill a pinned host copy of that layout, one
-H2D copy, one replay. A batch runs in the smallest bucket that holds it; the
-padding rows write to slot -1 (skipped) and have length 0 (zero output).
+int32 allocation, and runs the forward, the lm_head and the greedy argmax, so
+a greedy step is: fill a pinned host copy of that layout, one H2D copy, one
+replay, one D2H copy of the token ids. Other sampling reads the graph's
+logits. A batch runs in the smallest bucket that holds it; the padding rows
+write to slot -1 (skipped) and have length 0 (zero output).
+
+With `compile_mode`, the step is first compiled by torch.compile (the kernels
+are opaque `torch.ops.cairn` custom ops) and the compiled code is captured.
 """
 
 from __future__ import annotations
@@ -30,7 +35,12 @@ def capture_sizes(max_num_seqs: int) -> list[int]:
 
 class DecodeGraphs:
     def __init__(
-        self, model: LlamaForCausalLM, kv_caches: KVCaches, max_num_seqs: int, max_blocks_per_seq: int
+        self,
+        model: LlamaForCausalLM,
+        kv_caches: KVCaches,
+        max_num_seqs: int,
+        max_blocks_per_seq: int,
+        compile_mode: str | None = None,
     ) -> None:
         self.model = model
         self.kv_caches = kv_caches
@@ -48,7 +58,12 @@ class DecodeGraphs:
         # Until the first replay every row is padding: nothing written, nothing read.
         self.slot_mapping.fill_(-1)
         self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
-        self.outputs: dict[int, torch.Tensor] = {}
+        # Per size: logits [size, vocab] in the model's dtype and their argmax [size] int64.
+        self.outputs: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.step = self.forward
+        if compile_mode is not None:
+            # Static shapes: each size gets code specialized to it (a recompile per size).
+            self.step = torch.compile(self.forward, mode=compile_mode, dynamic=False, fullgraph=True)
         self._bucket = np.zeros(size + 1, dtype=np.int64)
         for lower, upper in zip([0, *self.sizes], self.sizes, strict=False):
             self._bucket[lower + 1 : upper + 1] = upper
@@ -58,23 +73,42 @@ class DecodeGraphs:
         # Largest first, sharing one memory pool: smaller graphs fit in what
         # the larger ones already reserved.
         pool = None
-        for size in reversed(self.sizes):
-            self._forward(size)
-            torch.cuda.synchronize()
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, pool=pool):
-                self.outputs[size] = self._forward(size)
-            pool = graph.pool()
-            self.graphs[size] = graph
+        limit = len(self.sizes) + 8
+        with torch._dynamo.config.patch(recompile_limit=limit, accumulated_recompile_limit=limit):
+            for size in reversed(self.sizes):
+                pool = self._capture(size, pool)
         torch.cuda.synchronize()
+
+    def _capture(self, size: int, pool: tuple | None) -> tuple:
+        """Captures the graph of `size`; returns the memory pool it shares."""
+        # The warm-up call also compiles: nothing may compile under capture.
+        self.step(size)
+        torch.cuda.synchronize()
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=pool):
+            self.outputs[size] = self.step(size)
+        self.graphs[size] = graph
+        return graph.pool()
 
     def fits(self, batch: HostBatch) -> bool:
         """An all-decode batch no larger than the largest bucket."""
         return batch.all_decode and batch.num_seqs <= self.max_size
 
-    def run(self, batch: HostBatch, input_ids: torch.Tensor | None = None) -> torch.Tensor:
-        """Hidden states [B, hidden] of an all-decode batch; `input_ids` (device) replaces the
-        host token ids, for multi-step decode feeding back tokens it never saw on the host."""
+    def run(
+        self, batch: HostBatch, input_ids: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logits [B, vocab] in the model's dtype, their argmax [B]) of an all-decode batch;
+        `input_ids` (device) replaces the host token ids, for multi-step decode feeding back
+        tokens it never saw on the host. Both are views of the graph's buffers, valid until
+        the next replay."""
+        size = self.stage(batch, input_ids)
+        self.graphs[size].replay()
+        logits, token_ids = self.outputs[size]
+        return logits[: batch.num_seqs], token_ids[: batch.num_seqs]
+
+    def stage(self, batch: HostBatch, input_ids: torch.Tensor | None = None) -> int:
+        """Copies an all-decode batch into the input buffers (one H2D copy, plus `input_ids`
+        device to device); returns the size of the graph that runs it."""
         count = batch.num_seqs
         size = int(self._bucket[count])
         max_size, width = self.max_size, self.width
@@ -93,14 +127,16 @@ class DecodeGraphs:
         self.staging.upload(4 * max_size + count * width)
         if input_ids is not None:
             self.input_ids[:count].copy_(input_ids)
-        self.graphs[size].replay()
-        return self.outputs[size][:count]
+        return size
 
-    def _forward(self, size: int) -> torch.Tensor:
+    def forward(self, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The decode step of the first `size` buffer rows, uncompiled; `step` is what a graph captures."""
         meta = AttentionMetadata(
             slot_mapping=self.slot_mapping[:size],
             num_decode_tokens=size,
             decode_block_tables=self.block_tables[:size],
             decode_seq_lens=self.seq_lens[:size],
         )
-        return self.model(self.input_ids[:size], self.positions[:size], meta, self.kv_caches)
+        hidden = self.model(self.input_ids[:size], self.positions[:size], meta, self.kv_caches)
+        logits = self.model.logits(hidden)
+        return logits, logits.argmax(dim=-1)

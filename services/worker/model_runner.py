@@ -50,8 +50,11 @@ log = logging.getLogger(__name__)
 
 
 class ModelRunner:
-    def __init__(self, config: EngineConfig) -> None:
+    def __init__(self, config: EngineConfig, compile_mode: str | None = None) -> None:
+        """`compile_mode`: torch.compile mode for the decode step captured in CUDA graphs (e.g.
+        "max-autotune-no-cudagraphs"); None captures the eager kernels."""
         self.config = config
+        self.compile_mode = compile_mode
         self.device = config.torch_device()
         self.block_size = config.block_size
         self.sampler = Sampler()
@@ -125,7 +128,11 @@ class ModelRunner:
         self._allocate(num_blocks)
         if self.device.type == "cuda" and not config.enforce_eager:
             self.graphs = DecodeGraphs(
-                self.model, self.kv_cache.layers, config.max_num_seqs, self.table.max_blocks_per_seq
+                self.model,
+                self.kv_cache.layers,
+                config.max_num_seqs,
+                self.table.max_blocks_per_seq,
+                self.compile_mode,
             )
             self.graphs.capture()
         log.info(
@@ -222,17 +229,12 @@ class ModelRunner:
         if step.num_steps > 1:
             return self._multi_step(states, rows, starts, step.num_steps)
         batch = self.builder.build(states, rows, starts, counts, sample)
-        hidden = self._hidden(batch)
-        if not batch.sampled and not batch.prompt_logprobs:
+        logits, argmax = self._logits(batch)
+        if logits is None:
             return StepOutput()
-        logits = self.model.compute_logits(hidden)
         outputs: dict[int, SeqOutput] = {}
         if batch.sampled:
-            if batch.sample_rows is not None:
-                logits_rows = logits[torch.from_numpy(batch.sample_rows).to(self.device)]
-            else:
-                logits_rows = logits
-            result = self.sampler(logits_rows, self._sampling_batch(batch.sampled))
+            result = self._sample(batch.sampled, logits, argmax, batch.sample_rows)
             token_ids = result.token_ids.tolist()
             self.table.append_tokens(batch.sampled, batch.sampled_rows, [[t] for t in token_ids])
             for state, token in zip(
@@ -302,11 +304,16 @@ class ModelRunner:
                     table.append_blocks(state, s.new_block_ids)
         return states, rows, starts, counts, sample
 
-    def _hidden(self, batch: HostBatch, input_ids: torch.Tensor | None = None) -> torch.Tensor:
-        """Final hidden states of the rows that need logits (`batch.logits_indices`).
+    def _logits(
+        self, batch: HostBatch, input_ids: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """(logits of the rows that need them, `batch.logits_indices`; their argmax, or None).
 
-        `input_ids` (on the device) replaces the host's token ids: multi-step
-        decode feeds back tokens the host has not seen yet.
+        A decode batch the CUDA graphs fit gets both from one replay, the logits
+        in the model's dtype. Otherwise an eager forward gives float32 logits and
+        no argmax, or (None, None) when no row needs logits. `input_ids` (on the
+        device) replaces the host's token ids: multi-step decode feeds back
+        tokens the host has not seen yet.
         """
         graphs = self.graphs
         if graphs is not None and batch.logits_indices is None and graphs.fits(batch):
@@ -315,7 +322,27 @@ class ModelRunner:
         if input_ids is not None:
             inputs.input_ids.copy_(input_ids)
         hidden = self.model(inputs.input_ids, inputs.positions, inputs.meta, self.kv_cache.layers)
-        return hidden if inputs.logits_indices is None else hidden[inputs.logits_indices]
+        if not batch.sampled and not batch.prompt_logprobs:
+            return None, None
+        if inputs.logits_indices is not None:
+            hidden = hidden[inputs.logits_indices]
+        return self.model.compute_logits(hidden), None
+
+    def _sample(
+        self,
+        states: list[SeqState],
+        logits: torch.Tensor,
+        argmax: torch.Tensor | None,
+        sample_rows: np.ndarray | None = None,
+    ) -> SamplerOutput:
+        """Next tokens of `states` from their logits rows (`sample_rows`, None: every row);
+        a greedy batch whose argmax the graph already took samples nothing."""
+        sampling = self._sampling_batch(states)
+        if argmax is not None and sampling.argmax_only:
+            return SamplerOutput(token_ids=argmax)
+        if sample_rows is not None:
+            logits = logits[torch.from_numpy(sample_rows).to(self.device)]
+        return self.sampler(logits, sampling)
 
     def _multi_step(
         self, states: list[SeqState], rows: np.ndarray, starts: np.ndarray, num_steps: int
@@ -333,7 +360,9 @@ class ModelRunner:
             device_tokens = []
             for k in range(num_steps):
                 batch = self.builder.build(states, rows, starts + k, ones, flags)
-                previous = self.model.compute_logits(self._hidden(batch, previous)).argmax(dim=-1)
+                logits, argmax = self._logits(batch, previous)
+                # A graph's argmax is its output buffer, overwritten by the next replay.
+                previous = logits.argmax(dim=-1) if argmax is None else argmax.clone()
                 device_tokens.append(previous)
             token_ids = torch.stack(device_tokens, dim=1).tolist()
             self.table.append_tokens(states, rows, token_ids)
@@ -343,8 +372,8 @@ class ModelRunner:
         for k in range(num_steps):
             if k:
                 sampling = self._sampling_batch(states)
-            hidden = self._hidden(self.builder.build(states, rows, starts + k, ones, flags))
-            result = self.sampler(self.model.compute_logits(hidden), sampling)
+            logits, _ = self._logits(self.builder.build(states, rows, starts + k, ones, flags))
+            result = self.sampler(logits, sampling)
             token_ids = result.token_ids.tolist()
             self.table.append_tokens(states, rows, [[t] for t in token_ids])
             for output, token in zip(outputs, self._tokens(states, token_ids, result), strict=True):

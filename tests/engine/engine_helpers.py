@@ -78,10 +78,12 @@ def build_hf_model(model_class: type[PreTrainedModel], config: Any, seed: int) -
     return model
 
 
-def make_runner(path: Path, block_size: int = 5, num_blocks: int = 256, **overrides: Any) -> ModelRunner:
+def make_runner(
+    path: Path, block_size: int = 5, num_blocks: int = 256, compile_mode: str | None = None, **overrides: Any
+) -> ModelRunner:
     settings = dict(dtype="float32", device="cpu", max_num_seqs=16, max_num_batched_tokens=512) | overrides
     config = EngineConfig(model=str(path), block_size=block_size, num_blocks=num_blocks, **settings)
-    runner = ModelRunner(config)
+    runner = ModelRunner(config, compile_mode)
     runner.load()
     runner.profile_and_allocate_kv_cache()
     return runner
@@ -89,21 +91,21 @@ def make_runner(path: Path, block_size: int = 5, num_blocks: int = 256, **overri
 
 @contextlib.contextmanager
 def recorded_logits(runner: ModelRunner) -> Iterator[list[torch.Tensor]]:
-    """Every logits tensor the runner's model computes, in order."""
-    model = runner.model
-    compute = model.compute_logits
+    """Every logits tensor the runner computes (eager or from a CUDA graph), in order, as float32."""
+    compute = runner._logits
     seen: list[torch.Tensor] = []
 
-    def record(hidden: torch.Tensor) -> torch.Tensor:
-        logits = compute(hidden)
-        seen.append(logits.clone())
-        return logits
+    def record(*args: Any, **kwargs: Any) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        logits, argmax = compute(*args, **kwargs)
+        if logits is not None:
+            seen.append(logits.float().clone())
+        return logits, argmax
 
-    model.compute_logits = record
+    runner._logits = record
     try:
         yield seen
     finally:
-        del model.compute_logits
+        del runner._logits
 
 
 def prompts(seed: int = 0, lengths: tuple[int, ...] = PROMPT_LENGTHS) -> list[list[int]]:

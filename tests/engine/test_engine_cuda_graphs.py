@@ -1,4 +1,6 @@
-"""Decode through captured CUDA graphs: the same logits as eager, padding rows inert."""
+"""Decode through captured CUDA graphs: the same logits and tokens as eager (the graphs take the
+greedy argmax themselves and hand their logits to the sampler otherwise), padding rows inert,
+and the torch.compile'd step captured the same way."""
 
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ from engine_helpers import (
 
 from cairn.services.worker.cuda_graphs import capture_sizes
 from cairn.services.worker.driver import Driver
+from cairn.services.worker.sampling_params import SamplingParams
 from cairn.services.worker.step import ScheduledSeq, StepInput
 
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -104,3 +107,42 @@ def test_kv_cache_is_sized_by_profiling(checkpoint) -> None:
     assert runner.kv_cache_bytes + runner.weight_bytes + runner.peak_activation_bytes <= 0.3 * total
     (tokens,) = Driver(runner).generate(prompts(seed=61, lengths=(12,)), greedy(max_tokens=4))
     assert len(tokens) == 4
+
+
+@pytest.mark.gpu
+@requires_cuda
+@pytest.mark.parametrize(
+    "params",
+    [
+        greedy(max_tokens=10),
+        SamplingParams(temperature=0.8, top_p=0.9, seed=7, max_tokens=10),
+        SamplingParams(temperature=0.0, max_tokens=10, logprobs=2),
+    ],
+    ids=["greedy", "seeded", "logprobs"],
+)
+def test_graph_logits_drive_sampling_in_bf16(checkpoint, params: SamplingParams) -> None:
+    # bf16 logits leave the graph uncast; the sampler's float32 copy of them equals eager's.
+    path = checkpoint("qwen2").path
+    graphs = make_runner(path, block_size=BLOCK_SIZE, device="cuda", dtype="bfloat16")
+    eager = make_runner(path, block_size=BLOCK_SIZE, device="cuda", dtype="bfloat16", enforce_eager=True)
+    batch = prompts(seed=70, lengths=(15, 22, 9))
+    for num_steps in (1, 3):
+        expected = Driver(eager).generate(batch, params, num_steps=num_steps)
+        assert Driver(graphs).generate(batch, params, num_steps=num_steps) == expected
+
+
+@pytest.mark.gpu
+@requires_cuda
+def test_compiled_graph_decode_matches_eager(checkpoint) -> None:
+    ckpt = checkpoint("qwen2")
+    compiled = make_runner(
+        ckpt.path, block_size=BLOCK_SIZE, device="cuda", max_num_seqs=4, compile_mode="default"
+    )
+    eager = make_runner(ckpt.path, block_size=BLOCK_SIZE, device="cuda", max_num_seqs=4, enforce_eager=True)
+    assert compiled.cuda_graph_batch_sizes == [1, 2, 4]
+    batch = prompts(seed=71, lengths=(19, 33, 8))
+    compiled_logits, compiled_tokens = decode_logits(compiled, batch, steps=5)
+    eager_logits, eager_tokens = decode_logits(eager, batch, steps=5)
+    assert compiled_tokens == eager_tokens
+    for ours, theirs in zip(compiled_logits, eager_logits, strict=True):
+        torch.testing.assert_close(ours, theirs, atol=1e-4, rtol=0)

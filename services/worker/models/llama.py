@@ -174,9 +174,14 @@ class LlamaForCausalLM(nn.Module):
         """input_ids/positions [T] of a packed batch -> final hidden states [T, hidden]."""
         return self.model(input_ids, positions, self.rope_cache, meta, kv_caches)
 
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """[N, hidden] -> [N, vocab] in the model's dtype: enough for an argmax, which a cast
+        cannot change."""
+        return self.lm_head(hidden)
+
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """[N, hidden] -> [N, vocab] float32, for only the rows that need logits."""
-        return self.lm_head(hidden).float()
+        return self.logits(hidden).float()
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
         """Copies HF-named tensors into place (casting to the parameter's dtype and
