@@ -25,10 +25,14 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from cairn.v1 import (
+    common_pb2,
     registry_pb2,
     registry_pb2_grpc,
+    scheduler_pb2,
+    scheduler_pb2_grpc,
     tokenizer_pb2,
     tokenizer_pb2_grpc,
+    trainer_pb2_grpc,
     worker_pb2,
     worker_pb2_grpc,
 )
@@ -43,7 +47,8 @@ class ServiceCase:
     # A call that fails inside the service's own logic (so the runtime logs it with the request id).
     failing_call: Callable[[grpc.Channel, tuple[tuple[str, str], ...]], Any]
     expected_code: grpc.StatusCode
-    args: Callable[[Path], list[str]] = field(default=lambda tmp: [])
+    # Extra flags, given a scratch directory and the tiny model's directory.
+    args: Callable[[Path, Path], list[str]] = field(default=lambda tmp, model: [])
 
 
 CASES = [
@@ -54,7 +59,7 @@ CASES = [
             registry_pb2.GetModelRequest(name="no-such-model"), metadata=md
         ),
         grpc.StatusCode.NOT_FOUND,
-        lambda tmp: ["--root", str(tmp / "registry")],
+        lambda tmp, model: ["--root", str(tmp / "registry")],
     ),
     ServiceCase(
         "tokenizer",
@@ -69,6 +74,32 @@ CASES = [
         "cairn.v1.Worker",
         lambda ch, md: worker_pb2_grpc.WorkerStub(ch).Step(worker_pb2.StepRequest(), metadata=md),
         grpc.StatusCode.FAILED_PRECONDITION,
+    ),
+    ServiceCase(
+        "scheduler",
+        "cairn.v1.Scheduler",
+        lambda ch, md: list(
+            scheduler_pb2_grpc.SchedulerStub(ch).Generate(scheduler_pb2.ScheduleRequest(), metadata=md)
+        ),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        lambda tmp, model: [
+            "--model",
+            str(model),
+            "--device",
+            "cpu",
+            "--num-workers",
+            "1",
+            "--num-blocks",
+            "64",
+        ],
+    ),
+    ServiceCase(
+        "trainer",
+        "cairn.v1.Trainer",
+        lambda ch, md: trainer_pb2_grpc.TrainerStub(ch).GetJob(
+            common_pb2.JobId(job_id="no-such-job"), metadata=md
+        ),
+        grpc.StatusCode.NOT_FOUND,
     ),
 ]
 
@@ -134,13 +165,13 @@ def _metrics_after_call(metrics_port: int, grpc_service: str) -> list[str]:
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
-def test_service_runs_on_the_common_runtime(case: ServiceCase, tmp_path: Path) -> None:
+def test_service_runs_on_the_common_runtime(case: ServiceCase, tmp_path: Path, tiny_model_dir: Path) -> None:
     port, metrics_port = _free_port(), _free_port()
     env = {**os.environ, "CAIRN_HOME": str(tmp_path), "PYTHONUNBUFFERED": "1"}
     command = [
         sys.executable, "-P", "-m", "cairn.cli", case.name, "serve",
         "--port", str(port), "--metrics-port", str(metrics_port), "--log-format", "json",
-        *case.args(tmp_path),
+        *case.args(tmp_path, tiny_model_dir),
     ]  # fmt: skip
     proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     logs = _Lines(proc.stdout)
