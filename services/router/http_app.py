@@ -27,7 +27,7 @@ from typing import Any, TypeVar
 
 from fastapi import Depends, FastAPI, Request, Security
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -77,6 +77,13 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
         (503, "no scheduler reachable"),
         (504, "deadline exceeded"),
     ]
+}
+_GENERATION_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "the completion; with stream=true, server-sent events of chunks ending in [DONE]",
+        "content": {"application/json": {}, "text/event-stream": {"schema": {"type": "string"}}},
+    },
+    **_ERRORS,
 }
 _ROUTES = frozenset({"/v1/completions", "/v1/chat/completions", "/v1/models", "/health", "/metrics"})
 _DONE = sse_event("[DONE]")
@@ -128,8 +135,16 @@ def _error_response(error: CairnError) -> JSONResponse:
     return JSONResponse(fmt.cairn_error_body(error), status_code=error.http_status, headers=headers)
 
 
+# Pydantic names the member of a union it tried in the location ("prompt.str"); those are no parameters.
+_UNION_MEMBERS = frozenset({"str", "int", "float", "bool", "none"})
+
+
 def _validation_message(error: dict[str, Any]) -> tuple[str, str | None]:
-    loc = [str(part) for part in error.get("loc", ()) if part != "body"]
+    loc = [
+        str(part)
+        for part in error.get("loc", ())
+        if part != "body" and str(part) not in _UNION_MEMBERS and "[" not in str(part)
+    ]
     param = ".".join(loc) or None
     kind = error.get("type", "")
     if kind == "json_invalid":
@@ -338,7 +353,7 @@ def create_app(core: RouterCore, *, is_serving: Callable[[], bool] = lambda: Tru
 
         return EventStream(events(), cleanup=stack.aclose)
 
-    @app.post("/v1/completions", responses=_ERRORS, tags=["OpenAI"])
+    @app.post("/v1/completions", responses=_GENERATION_RESPONSES, tags=["OpenAI"])
     async def completions(
         body: CompletionRequest, request: Request, principal: Principal = Depends(authorize)
     ) -> Response:
@@ -381,7 +396,7 @@ def create_app(core: RouterCore, *, is_serving: Callable[[], bool] = lambda: Tru
         finally:
             await stack.aclose()
 
-    @app.post("/v1/chat/completions", responses=_ERRORS, tags=["OpenAI"])
+    @app.post("/v1/chat/completions", responses=_GENERATION_RESPONSES, tags=["OpenAI"])
     async def chat_completions(
         body: ChatCompletionRequest, request: Request, principal: Principal = Depends(authorize)
     ) -> Response:
@@ -448,7 +463,11 @@ def create_app(core: RouterCore, *, is_serving: Callable[[], bool] = lambda: Tru
             ],
         }
 
-    @app.get("/health", tags=["Operations"])
+    @app.get(
+        "/health",
+        tags=["Operations"],
+        responses={503: {"description": "draining, or a deployment has no reachable scheduler"}},
+    )
     async def health() -> JSONResponse:
         deployments = core.table.readiness()
         ok = is_serving() and all(ready > 0 for ready, _ in deployments.values())
@@ -458,7 +477,7 @@ def create_app(core: RouterCore, *, is_serving: Callable[[], bool] = lambda: Tru
         }
         return JSONResponse(body, status_code=200 if ok else 503)
 
-    @app.get("/metrics", tags=["Operations"])
+    @app.get("/metrics", tags=["Operations"], response_class=PlainTextResponse)
     async def prometheus() -> Response:
         return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
 

@@ -11,9 +11,25 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 MAX_N = 128
+
+
+def _check_unicode(value: Any) -> None:
+    """JSON escapes can carry lone surrogates, which no UTF-8 consumer downstream accepts."""
+    if isinstance(value, str):
+        try:
+            value.encode()
+        except UnicodeEncodeError:
+            raise ValueError("strings must be valid Unicode (a lone surrogate escape was sent)") from None
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _check_unicode(key)
+            _check_unicode(item)
+    elif isinstance(value, list):
+        for item in value:
+            _check_unicode(item)
 
 
 class _Body(BaseModel):
@@ -26,6 +42,12 @@ class StreamOptions(_Body):
 
 class SamplingFields(_Body):
     """Fields completions and chat share."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _valid_unicode(cls, data: Any) -> Any:
+        _check_unicode(data)
+        return data
 
     model: str = Field(description="a model id from /v1/models")
     temperature: float | None = Field(None, description="0 is greedy; default 1")
