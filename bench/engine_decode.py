@@ -1,7 +1,8 @@
 """Decode speed of the engine core against HF transformers and the HBM roofline.
 
     python bench/engine_decode.py --models 8b,0.5b --out bench/results/engine_decode.json
-    python bench/engine_decode.py --tiny --out /tmp/engine_decode.json      # CPU smoke run
+    python bench/engine_decode.py --quick --profile --out $OUT/engine_decode.json    # short GPU lease
+    python bench/engine_decode.py --tiny --profile --compile --out /tmp/e.json       # CPU smoke run
 
 Random-init weights (`load_format="dummy"`, built on the device from a
 config.json; no checkpoint, no hub) at the Llama-3.1-8B and Qwen2.5-0.5B
@@ -14,6 +15,21 @@ timed with CUDA events:
   (c) HF `generate` batch-1 tokens/s on the same shape (greedy, fixed length);
   (d) device copy bandwidth, and the roofline: bandwidth over the bytes a
       decode step must read (weights + KV cache), with our % of it.
+
+Options for a short device lease:
+
+  --quick    fewer repeats and tokens (HF baseline included); about 3 minutes
+             for 8b,0.5b on an H200, most of it model setup and Triton compiles;
+  --profile  a torch.profiler trace of a few batch-1 decode steps, replayed
+             from the CUDA graphs and again eagerly, written to the JSON as a
+             per-kernel table (name, count, total us, share) with the kernel
+             time per step against the measured time per token; on the CPU the
+             table lists aten ops instead;
+  --compile  batch-1 decode again with the captured step compiled by
+             torch.compile (--compile-mode, default max-autotune-no-cudagraphs),
+             one graph size only; a failure is recorded, not raised.
+
+`phase_seconds` in the JSON records where the run's wall time went.
 """
 
 from __future__ import annotations
@@ -24,15 +40,19 @@ import copy
 import json
 import os
 import platform
+import re
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+import traceback
+from collections import defaultdict
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
+from torch.autograd import DeviceType
 
 from cairn.services.worker.driver import Driver
 from cairn.services.worker.engine_config import EngineConfig
@@ -138,24 +158,37 @@ def copy_bandwidth(device: torch.device, gib: float, timer: Timer) -> float:
     return 2 * source.numel() / (ms / 1e3)
 
 
-def make_runner(model_dir: Path, args: argparse.Namespace, device: torch.device) -> ModelRunner:
+def make_runner(
+    model_dir: Path,
+    args: argparse.Namespace,
+    device: torch.device,
+    max_num_seqs: int | None = None,
+    compile_mode: str | None = None,
+) -> ModelRunner:
     runner = ModelRunner(
         EngineConfig(
             model=str(model_dir),
             load_format="dummy",
             dtype=args.dtype,
             device=device.type,
-            max_num_seqs=max(args.batch_sizes),
+            max_num_seqs=max_num_seqs or max(args.batch_sizes),
             max_num_batched_tokens=args.max_num_batched_tokens,
             max_model_len=args.max_model_len,
             gpu_memory_utilization=args.gpu_memory_utilization,
             cpu_kv_cache_gb=args.cpu_kv_cache_gb,
             enforce_eager=args.enforce_eager,
-        )
+        ),
+        compile_mode=compile_mode,
     )
     runner.load()
     runner.profile_and_allocate_kv_cache()
     return runner
+
+
+def runner_for(shape: dict, args: argparse.Namespace, device: torch.device, **kwargs: object) -> ModelRunner:
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "config.json").write_text(json.dumps(shape))
+        return make_runner(Path(tmp), args, device, **kwargs)
 
 
 def step_read_bytes(runner: ModelRunner, context_tokens: int) -> int:
@@ -169,21 +202,25 @@ def step_read_bytes(runner: ModelRunner, context_tokens: int) -> int:
     return weights + context_tokens * per_token
 
 
+def start_sequence(runner: ModelRunner, seq_id: int, args: argparse.Namespace) -> None:
+    """Introduces and prefills one sequence of prompt_len tokens, with blocks for gen_len more."""
+    prompt = list(range(1, args.prompt_len + 1))
+    blocks = list(range(-(-(args.prompt_len + args.gen_len) // runner.block_size)))
+    params = SamplingParams(temperature=0.0, max_tokens=args.gen_len)
+    runner.step(
+        StepInput(
+            new_seqs=[NewSequence(seq_id, prompt, len(prompt), params)],
+            scheduled=[ScheduledSeq(seq_id, 0, len(prompt), blocks)],
+        )
+    )
+
+
 def batch1_decode(runner: ModelRunner, args: argparse.Namespace, timer: Timer, num_steps: int) -> float:
     """Decode tokens/s for one sequence: prompt_len prompt, gen_len tokens, the prefill excluded."""
-    prompt = list(range(1, args.prompt_len + 1))
-    block_size = runner.block_size
-    blocks = list(range(-(-(args.prompt_len + args.gen_len) // block_size)))
-    params = SamplingParams(temperature=0.0, max_tokens=args.gen_len)
     decode_steps = args.gen_len - 1
     elapsed_ms: list[float] = []
     for seq_id in range(args.repeats + 1):
-        runner.step(
-            StepInput(
-                new_seqs=[NewSequence(seq_id, prompt, len(prompt), params)],
-                scheduled=[ScheduledSeq(seq_id, 0, len(prompt), blocks)],
-            )
-        )
+        start_sequence(runner, seq_id, args)
         with timer.span() as ms:
             done = 0
             while done < decode_steps:
@@ -195,6 +232,109 @@ def batch1_decode(runner: ModelRunner, args: argparse.Namespace, timer: Timer, n
         elapsed_ms += ms
     # The first run is the warm-up.
     return decode_steps / statistics.median(elapsed_ms[1:]) * 1e3
+
+
+# Kernel families by name, for the profile's summary (first match wins).
+_KERNEL_FAMILIES = [
+    ("memcpy", r"Memcpy|Memset|memcpy|memset"),
+    ("attention", r"_decode_kernel|_prefill_kernel|attention"),
+    ("rotary+kv store", r"_rotary_cache_kernel|_rotary_kernel|_write_kv"),
+    ("rms_norm", r"rms_norm"),
+    ("silu_and_mul", r"silu"),
+    ("gemm", r"gemm|gemv|nvjet|cutlass|xmma|splitK|cublas|aten::mm|aten::addmm|aten::linear"),
+    ("argmax", r"argmax|arg_max|ArgMax|reduce_kernel"),
+    ("embedding", r"embedding|index"),
+]
+
+
+def _family(name: str) -> str:
+    return next((family for family, pattern in _KERNEL_FAMILIES if re.search(pattern, name)), "other")
+
+
+def kernel_table(events: list, device: torch.device, steps: int) -> dict:
+    """Per-kernel totals of a profile over `steps` decode steps: GPU kernels on CUDA, else
+    aten ops by self time (the CPU smoke run). On CUDA, the idle time between consecutive
+    kernels is split at 20 us: shorter gaps are launch latency inside a graph (or between
+    back-to-back launches), longer ones the GPU waiting for the host."""
+    totals: dict[str, list[float]] = defaultdict(lambda: [0, 0.0])
+    spans: list[tuple[float, float]] = []
+    for event in events:
+        if device.type == "cuda":
+            if event.device_type != DeviceType.CUDA:
+                continue
+            duration = event.time_range.elapsed_us()
+            spans.append((event.time_range.start, event.time_range.end))
+        elif event.name.startswith("aten::") and event.device_type == DeviceType.CPU:
+            duration = event.self_cpu_time_total
+        else:
+            continue
+        totals[event.name][0] += 1
+        totals[event.name][1] += duration
+    total_us = sum(us for _, us in totals.values()) or 1.0
+    rows = [
+        {"name": name[:160], "count": count, "total_us": round(us, 1), "share": round(us / total_us, 4)}
+        for name, (count, us) in sorted(totals.items(), key=lambda item: -item[1][1])
+    ]
+    families: dict[str, float] = defaultdict(float)
+    for name, (_, us) in totals.items():
+        families[_family(name)] += us / steps
+    table = {
+        "steps": steps,
+        "kernels_per_step": sum(count for count, _ in totals.values()) / steps,
+        "kernel_us_per_step": total_us / steps,
+        "us_per_step_by_family": {k: round(v, 1) for k, v in sorted(families.items(), key=lambda kv: -kv[1])},
+    }
+    if spans:
+        short = long = 0.0
+        spans.sort()
+        busy_until = spans[0][1]
+        for start, end in spans[1:]:
+            gap = start - busy_until
+            if gap > 0:
+                short, long = (short + gap, long) if gap < 20 else (short, long + gap)
+            busy_until = max(busy_until, end)
+        table["gap_us_per_step_under_20us"] = short / steps
+        table["gap_us_per_step_20us_and_over"] = long / steps
+    table["kernels"] = rows
+    return table
+
+
+def profile_decode(
+    runner: ModelRunner, args: argparse.Namespace, device: torch.device, trace: Path | None
+) -> dict:
+    """Kernel tables of `args.profile_steps` batch-1 decode steps, replayed from the CUDA graphs
+    and again eagerly (the same kernels, each launched from Python)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    graphs = runner.graphs
+    result = {}
+    for mode in ("graph", "eager") if graphs is not None else ("eager",):
+        runner.graphs = graphs if mode == "graph" else None
+        seq_id = 2_000_000 + len(result)
+        start_sequence(runner, seq_id, args)
+        position = args.prompt_len
+
+        def one_step(seq_id: int = seq_id) -> None:
+            nonlocal position
+            runner.step(StepInput(scheduled=[ScheduledSeq(seq_id, position, 1)]))
+            position += 1
+
+        for _ in range(3):
+            one_step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        with profile(activities=activities) as prof:
+            for _ in range(args.profile_steps):
+                one_step()
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+        runner.free([seq_id])
+        result[mode] = kernel_table(prof.events(), device, args.profile_steps)
+        if trace is not None:
+            prof.export_chrome_trace(str(trace.with_name(f"{trace.stem}_{mode}{trace.suffix}")))
+    runner.graphs = graphs
+    return result
 
 
 def fixed_batch_steps(runner: ModelRunner, args: argparse.Namespace, timer: Timer) -> list[dict]:
@@ -266,29 +406,46 @@ def hf_generate(shape: dict, args: argparse.Namespace, device: torch.device, tim
 
 
 def bench_model(
-    name: str, args: argparse.Namespace, device: torch.device, timer: Timer, bandwidth: float
+    name: str, args: argparse.Namespace, device: torch.device, timer: Timer, bandwidth: float, phases: dict
 ) -> dict:
     shape = SHAPES[name]
     result: dict = {"shape": {k: v for k, v in shape.items() if not k.endswith("_token_id")}}
+    phase = Phases(phases, name)
     if not args.skip_hf:
-        result["hf_generate_batch1_tokens_per_s"] = hf_generate(shape, args, device, timer)
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
-    with tempfile.TemporaryDirectory() as tmp:
-        (Path(tmp) / "config.json").write_text(json.dumps(shape))
-        runner = make_runner(Path(tmp), args, device)
+        with phase("hf_generate"):
+            result["hf_generate_batch1_tokens_per_s"] = hf_generate(shape, args, device, timer)
+        release(device)
+    with phase("runner_setup"):
+        runner = runner_for(shape, args, device)
     result["weight_bytes"] = runner.weight_bytes
     result["num_kv_blocks"] = runner.num_blocks
     result["cuda_graph_batch_sizes"] = runner.cuda_graph_batch_sizes
     average_context = args.prompt_len + args.gen_len // 2
     roofline = bandwidth / step_read_bytes(runner, average_context)
     result["roofline_batch1_tokens_per_s"] = roofline
-    for num_steps in (1, args.multi_step):
-        tps = batch1_decode(runner, args, timer, num_steps)
-        key = "batch1_decode" if num_steps == 1 else f"batch1_decode_multistep{num_steps}"
-        result[f"{key}_tokens_per_s"] = tps
-        result[f"{key}_pct_of_roofline"] = 100 * tps / roofline
-    result["fixed_batch"] = fixed_batch_steps(runner, args, timer)
+    with phase("batch1_decode"):
+        for num_steps in (1, args.multi_step):
+            tps = batch1_decode(runner, args, timer, num_steps)
+            key = "batch1_decode" if num_steps == 1 else f"batch1_decode_multistep{num_steps}"
+            result[f"{key}_tokens_per_s"] = tps
+            result[f"{key}_pct_of_roofline"] = 100 * tps / roofline
+    if args.profile:
+        with phase("profile"):
+            trace = (
+                None
+                if args.profile_trace is None
+                else args.profile_trace.with_name(
+                    f"{args.profile_trace.stem}_{name}{args.profile_trace.suffix}"
+                )
+            )
+            result["profile"] = profile_decode(runner, args, device, trace)
+        # What the kernels leave unexplained of the measured time per token: launch gaps and host work.
+        us_per_token = 1e6 / result["batch1_decode_tokens_per_s"]
+        for table in result["profile"].values():
+            table["measured_us_per_token"] = us_per_token
+            table["unexplained_us_per_token"] = us_per_token - table["kernel_us_per_step"]
+    with phase("fixed_batch"):
+        result["fixed_batch"] = fixed_batch_steps(runner, args, timer)
     for row in result["fixed_batch"]:
         if "step_ms" in row:
             row["pct_of_roofline"] = 100 * (row["read_bytes"] / bandwidth) / (row["step_ms"] / 1e3)
@@ -297,9 +454,55 @@ def bench_model(
             result["batch1_decode_tokens_per_s"] / result["hf_generate_batch1_tokens_per_s"]
         )
     del runner
+    release(device)
+    if args.compile:
+        with phase("compiled"):
+            result["compiled"] = compiled_decode(shape, args, device, timer, roofline)
+        release(device)
+    return result
+
+
+def compiled_decode(
+    shape: dict, args: argparse.Namespace, device: torch.device, timer: Timer, roofline: float
+) -> dict:
+    """Batch-1 decode with the captured step compiled by torch.compile (one graph size)."""
+    result: dict = {"mode": args.compile_mode}
+    begin = time.perf_counter()
+    try:
+        runner = runner_for(shape, args, device, max_num_seqs=1, compile_mode=args.compile_mode)
+        result["setup_s"] = time.perf_counter() - begin
+        result["cuda_graph_batch_sizes"] = runner.cuda_graph_batch_sizes
+        tps = batch1_decode(runner, args, timer, 1)
+        result["batch1_decode_tokens_per_s"] = tps
+        result["batch1_decode_pct_of_roofline"] = 100 * tps / roofline
+        del runner
+    except Exception as error:
+        # A failed variant is a result to record, not a reason to lose the rest of the run.
+        result["error"] = "".join(traceback.format_exception_only(error)).strip()
+        result["traceback"] = traceback.format_exc()[-4000:]
+    return result
+
+
+class Phases:
+    """`with phase("name"):` adds the block's wall seconds to phases["<model>/<name>"]."""
+
+    def __init__(self, phases: dict, prefix: str) -> None:
+        self.phases = phases
+        self.prefix = prefix
+
+    @contextlib.contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        begin = time.perf_counter()
+        try:
+            yield
+        finally:
+            key = f"{self.prefix}/{name}"
+            self.phases[key] = self.phases.get(key, 0.0) + time.perf_counter() - begin
+
+
+def release(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.empty_cache()
-    return result
 
 
 def git_commit() -> str:
@@ -327,6 +530,28 @@ def print_table(results: dict) -> None:
         for key in [k for k in r if k.startswith("batch1_decode") and k.endswith("tokens_per_s")]:
             pct = r[key.replace("tokens_per_s", "pct_of_roofline")]
             print(f"{key[:-13]:<28} {r[key]:10.1f} tok/s   {pct:5.1f}% of roofline")
+        for mode, table in r.get("profile", {}).items():
+            print(
+                f"profile ({mode}): {table['kernels_per_step']:.0f} kernels, "
+                f"{table['kernel_us_per_step']:.0f} us of kernels per step; "
+                f"{table['unexplained_us_per_token']:.0f} us per token outside them"
+            )
+            if "gap_us_per_step_under_20us" in table:
+                print(
+                    f"    gaps between kernels per step: {table['gap_us_per_step_under_20us']:.0f} us "
+                    f"under 20 us each, {table['gap_us_per_step_20us_and_over']:.0f} us in longer ones"
+                )
+            for family, us in table["us_per_step_by_family"].items():
+                print(f"    {family:<20} {us:8.1f} us/step")
+        if "compiled" in r:
+            c = r["compiled"]
+            if "error" in c:
+                print(f"compiled ({c['mode']}): failed: {c['error']}")
+            else:
+                print(
+                    f"compiled ({c['mode']}) batch 1    {c['batch1_decode_tokens_per_s']:10.1f} tok/s   "
+                    f"{c['batch1_decode_pct_of_roofline']:5.1f}% of roofline  (setup {c['setup_s']:.0f} s)"
+                )
         for row in r["fixed_batch"]:
             if "step_ms" in row:
                 print(
@@ -367,11 +592,22 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     )
     parser.add_argument("--enforce-eager", action="store_true")
     parser.add_argument("--commit", help="commit to record when the tree is a copy without .git")
+    parser.add_argument("--quick", action="store_true", help="fewer repeats and tokens, for a short lease")
+    parser.add_argument("--profile", action="store_true", help="per-kernel table of batch-1 decode steps")
+    parser.add_argument("--profile-steps", type=int, default=5)
+    parser.add_argument(
+        "--profile-trace", type=Path, help="also write chrome traces, named <stem>_<model>_<mode><suffix>"
+    )
+    parser.add_argument("--compile", action="store_true", help="batch-1 decode of the torch.compile'd step")
+    parser.add_argument("--compile-mode", default="max-autotune-no-cudagraphs")
     args = parser.parse_args(argv)
+    if args.quick:
+        args.repeats, args.hf_repeats, args.hf_tokens, args.fixed_steps = 1, 1, 32, 6
     if args.tiny:
         args.models, args.device, args.dtype = "tiny", "cpu", "float32"
         args.prompt_len, args.gen_len, args.context, args.fixed_steps = 16, 12, 32, 4
         args.batch_sizes, args.hf_tokens, args.bandwidth_gib, args.multi_step = "1,2,4", 8, 0.25, 4
+        args.profile_steps, args.compile_mode = 2, "default"
     args.batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
     args.models = args.models.split(",")
     unknown = set(args.models) - set(SHAPES)
@@ -382,9 +618,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(sys.argv[1:] if argv is None else argv)
+    begin = time.perf_counter()
     device = EngineConfig(model="", device=args.device).torch_device()
     timer = Timer(device)
     bandwidth = copy_bandwidth(device, args.bandwidth_gib, timer)
+    phases: dict[str, float] = {}
     results = {
         "commit": args.commit or git_commit(),
         "machine": machine(device),
@@ -394,12 +632,14 @@ def main(argv: list[str] | None = None) -> None:
         "copy_bandwidth_bytes_per_s": bandwidth,
         "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         "models": {},
+        "phase_seconds": phases,
     }
     for name in args.models:
-        results["models"][name] = bench_model(name, args, device, timer, bandwidth)
+        results["models"][name] = bench_model(name, args, device, timer, bandwidth, phases)
+    phases["total"] = time.perf_counter() - begin
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2) + "\n")
-    print(f"copy bandwidth {bandwidth / 1e9:.0f} GB/s; results in {args.out}")
+    print(f"copy bandwidth {bandwidth / 1e9:.0f} GB/s; {phases['total']:.0f} s in all; results in {args.out}")
     print_table(results)
 
 

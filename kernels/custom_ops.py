@@ -3,10 +3,16 @@
 Dynamo cannot trace into a Triton launcher's Python (grid and split
 heuristics, cached device queries) without graph breaks; as custom ops with
 fake implementations each kernel is one opaque node of known output shape,
-and Inductor compiles what lies between them. `rotary_and_cache` declares the
-caches it writes, which Inductor turns back into in-place writes (no copy of
-the cache). The implementations dispatch per device exactly like the eager
-functions in `dispatch.py`, which route here only while compiling.
+and Inductor compiles what lies between them. The implementations dispatch
+per device exactly like the eager functions in `dispatch.py`, which route
+here only while compiling.
+
+`rotary_and_cache` writes the KV cache without declaring it, as vLLM's
+attention ops do: every layer's K and V are views of one allocation, and
+declared writes to two views of one base make functionalization clone that
+base around the call (the whole cache, every layer, every step). Nothing is
+lost by not declaring them: the attention ops that read the cache take the
+op's q, so no compiler can move a read before the write.
 """
 
 from __future__ import annotations
@@ -50,7 +56,7 @@ def _(x: torch.Tensor) -> torch.Tensor:
     return x.new_empty((*x.shape[:-1], x.shape[-1] // 2))
 
 
-@torch.library.custom_op("cairn::rotary_and_cache", mutates_args=("k_cache", "v_cache"))
+@torch.library.custom_op("cairn::rotary_and_cache", mutates_args=())
 def rotary_and_cache(
     qkv: torch.Tensor,
     positions: torch.Tensor,

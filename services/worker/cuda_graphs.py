@@ -18,10 +18,13 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from cairn.common.errors import InvalidArgument
 from cairn.services.worker.input_batch import HostBatch, Staging
 from cairn.services.worker.models import AttentionMetadata, KVCaches, LlamaForCausalLM
 
 _MAX_CAPTURE_SIZE = 512
+# torch.compile modes that leave CUDA graphs to us.
+_COMPILE_MODES = ("default", "max-autotune-no-cudagraphs")
 
 
 def capture_sizes(max_num_seqs: int) -> list[int]:
@@ -62,6 +65,13 @@ class DecodeGraphs:
         self.outputs: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         self.step = self.forward
         if compile_mode is not None:
+            if compile_mode not in _COMPILE_MODES:
+                # Inductor's own CUDA graphs would copy every input (the KV cache among them)
+                # into static buffers on each call; these graphs capture the compiled code instead.
+                raise InvalidArgument(
+                    f"compile_mode must be one of {_COMPILE_MODES}: the decode graphs capture it, "
+                    f"so Inductor must not add CUDA graphs of its own; got {compile_mode!r}"
+                )
             # Static shapes: each size gets code specialized to it (a recompile per size).
             self.step = torch.compile(self.forward, mode=compile_mode, dynamic=False, fullgraph=True)
         self._bucket = np.zeros(size + 1, dtype=np.int64)

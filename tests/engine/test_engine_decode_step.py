@@ -16,7 +16,9 @@ import pytest
 import torch
 from engine_helpers import BlockAllocator, greedy, make_runner, prefill_step, prompts, recorded_logits
 from launch_counter import count_launches
+from torch._dynamo.backends.common import aot_autograd
 
+from cairn.common.errors import InvalidArgument
 from cairn.kernels import dispatch
 from cairn.services.worker.cuda_graphs import DecodeGraphs
 from cairn.services.worker.model_runner import ModelRunner
@@ -122,3 +124,28 @@ def test_compiled_decode_step_is_exact(checkpoint) -> None:
     assert torch.equal(compiled_argmax, argmax)
     # The compiled step wrote this token's K/V into the cache in place, like the eager one.
     assert torch.equal(layer.view(-1, *layer.shape[2:])[slot], stored)
+
+
+def test_compiled_decode_step_leaves_the_cache_to_the_kernels(checkpoint) -> None:
+    # What Inductor receives: a graph in which no op mutates an input. A declared cache write
+    # would appear as auto_functionalized, which Inductor turns into a copy of the whole cache.
+    runner = make_runner(checkpoint("qwen2").path, block_size=BLOCK_SIZE)
+    graphs = DecodeGraphs(runner.model, runner.kv_cache.layers, 1, runner.table.max_blocks_per_seq)
+    forward_graphs: list[torch.fx.GraphModule] = []
+
+    def record(graph: torch.fx.GraphModule, example_inputs: list) -> object:
+        forward_graphs.append(graph)
+        return graph.forward
+
+    with torch.inference_mode():
+        torch.compile(graphs.forward, backend=aot_autograd(fw_compiler=record), fullgraph=True)(1)
+    (graph,) = forward_graphs
+    calls = Counter(str(node.target) for node in graph.graph.nodes if node.op == "call_function")
+    assert calls["cairn.rotary_and_cache.default"] == runner.model_config.num_layers
+    assert not [t for t in calls if "functionalized" in t or "copy" in t or "clone" in t]
+
+
+def test_compile_modes_with_cuda_graphs_of_their_own_are_refused(checkpoint) -> None:
+    runner = make_runner(checkpoint("qwen2").path, block_size=BLOCK_SIZE)
+    with pytest.raises(InvalidArgument, match="must not add CUDA graphs"):
+        DecodeGraphs(runner.model, runner.kv_cache.layers, 1, 8, compile_mode="reduce-overhead")
