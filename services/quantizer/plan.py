@@ -155,12 +155,13 @@ def plan_from_spec(spec: quantizer_pb2.QuantizeJobSpec) -> QuantPlan:
         raise InvalidArgument(f"symmetric=false applies to integer weight-only methods, not {method.value}")
     if spec.act_order and method != Method.GPTQ:
         raise InvalidArgument(f"act_order applies to gptq only, not {method.value}")
-    damp = spec.damp_percent if spec.HasField("damp_percent") else DEFAULT_DAMP
+    # The proto's floats are float32: round off the binary noise (0.05 -> 0.0500000007).
+    damp = round(spec.damp_percent, 6) if spec.HasField("damp_percent") else DEFAULT_DAMP
     if spec.HasField("damp_percent") and method != Method.GPTQ:
         raise InvalidArgument(f"damp_percent applies to gptq only, not {method.value}")
     if not 0.0 < damp <= 1.0:
         raise InvalidArgument(f"damp_percent must be in (0, 1], got {damp}")
-    alpha = spec.smoothquant_alpha if spec.HasField("smoothquant_alpha") else DEFAULT_ALPHA
+    alpha = round(spec.smoothquant_alpha, 6) if spec.HasField("smoothquant_alpha") else DEFAULT_ALPHA
     if spec.HasField("smoothquant_alpha") and method != Method.SMOOTH_QUANT:
         raise InvalidArgument(f"smoothquant_alpha applies to smooth_quant only, not {method.value}")
     if not 0.0 <= alpha <= 1.0:

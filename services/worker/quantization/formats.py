@@ -74,7 +74,7 @@ def _compressed_tensors(scheme: WeightScheme, tensors: Tensors, rows: int) -> Te
         zero_point = tensors["weight_zero_point"]
         if zero_point.dtype == torch.int32:
             # Packed along the output dimension, offset like the weight codes.
-            out["zeros"] = unpack_codes(zero_point.t().contiguous(), bits)[:, :rows].t().contiguous()
+            out["zeros"] = unpack_codes(zero_point.t().contiguous(), bits)[:, :rows]
         else:
             out["zeros"] = (zero_point.to(torch.int32) + offset).t().contiguous()
     if scheme.act_order:
