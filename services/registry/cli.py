@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import sys
 from collections.abc import Callable, Iterator
@@ -12,8 +11,9 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from cairn.common.cli import ClientCommands
 from cairn.common.config import ConfigError, add_config_arguments, config_from_args
-from cairn.common.errors import CairnError, InvalidArgument, Unavailable
+from cairn.common.errors import InvalidArgument
 
 from .config import RegistryConfig
 from .records import Lineage, Version
@@ -34,7 +34,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_config_arguments(serve, RegistryConfig)
     serve.set_defaults(func=_serve)
 
-    push = _client_parser(sub, "push", "push a directory as a new version", _push)
+    push = _CLIENT.add(sub, "push", "push a directory as a new version", _push)
     push.add_argument("dir", type=Path, help="directory to push (every file under it)")
     push.add_argument("--name", required=True, help='model name, e.g. "acme/llama-3.1-8b" (created if new)')
     push.add_argument(
@@ -48,60 +48,39 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     push.add_argument("--label", action="append", default=[], metavar="KEY=VALUE", help="label (repeat)")
     push.add_argument("--description", default="")
 
-    pull = _client_parser(sub, "pull", "download a version into a directory (checksums verified)", _pull)
+    pull = _CLIENT.add(sub, "pull", "download a version into a directory (checksums verified)", _pull)
     pull.add_argument("ref", help='reference: "name", "name@3", "name@production"')
     pull.add_argument("dir", type=Path, help="destination directory")
 
-    ls = _client_parser(sub, "ls", "list models, or the versions of one model", _ls)
+    ls = _CLIENT.add(sub, "ls", "list models, or the versions of one model", _ls)
     ls.add_argument("name", nargs="?", help="list this model's versions instead of all models")
     ls.add_argument("--prefix", default="", help="only models whose name starts with this")
     ls.add_argument("--drafts", action="store_true", help="include drafts (with NAME)")
     ls.add_argument("--deleted", action="store_true", help="include deleted versions (with NAME)")
     ls.add_argument("--json", action="store_true", help="one JSON object per line")
 
-    alias = _client_parser(sub, "alias", "point an alias at a version, or delete it", _alias)
+    alias = _CLIENT.add(sub, "alias", "point an alias at a version, or delete it", _alias)
     alias.add_argument("name", help="model name")
     alias.add_argument("alias", help='alias, e.g. "production"')
     alias.add_argument("version", nargs="?", type=int, help="version number to point at")
     alias.add_argument("--delete", action="store_true", help="remove the alias instead")
 
-    show = _client_parser(sub, "show", "show a version with its artifacts and lineage", _show)
+    show = _CLIENT.add(sub, "show", "show a version with its artifacts and lineage", _show)
     show.add_argument("ref", help='reference: "name", "name@3", "name@production"')
     show.add_argument("--depth", type=int, default=0, help="lineage generations each way (default 5)")
     show.add_argument("--json", action="store_true", help="print JSON")
 
-    rm = _client_parser(sub, "rm", "soft-delete a version (refused while an alias points at it)", _rm)
+    rm = _CLIENT.add(sub, "rm", "soft-delete a version (refused while an alias points at it)", _rm)
     rm.add_argument("ref", help='version by number or alias, e.g. "name@3"')
 
 
-def _client_parser(
-    sub: argparse._SubParsersAction, name: str, help_text: str, handler: Callable[..., int]
-) -> argparse.ArgumentParser:
-    parser = sub.add_parser(name, help=help_text, description=help_text)
-    parser.add_argument(
-        "--registry", metavar="ADDR", help="registry address (default $CAIRN_REGISTRY or 127.0.0.1:50055)"
-    )
-    parser.set_defaults(func=functools.partial(_run_client_command, name, handler))
-    return parser
+def _connect(address: str | None) -> Any:
+    from cairn.services.registry.client import RegistryClient
+
+    return RegistryClient(address)
 
 
-def _run_client_command(name: str, handler: Callable[..., int], args: argparse.Namespace) -> int:
-    from .client import RegistryClient
-
-    client = RegistryClient(args.registry)
-    try:
-        return handler(client, args)
-    except Unavailable as e:
-        print(
-            f"{PROG} {name}: registry at {client.target} unavailable ({e.message}); "
-            "is `cairn registry serve` running there? Set --registry or CAIRN_REGISTRY otherwise.",
-            file=sys.stderr,
-        )
-    except CairnError as e:
-        print(f"{PROG} {name}: {e.message}", file=sys.stderr)
-    finally:
-        client.close()
-    return 1
+_CLIENT = ClientCommands(PROG, "registry", "--registry", "CAIRN_REGISTRY", "127.0.0.1:50055", _connect)
 
 
 def _serve(args: argparse.Namespace) -> int:

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from cairn.common.errors import CairnError, Unavailable
+from cairn.common.cli import ClientCommands
 from cairn.common.server import add_serve_command
 
 from .config import TrainerConfig
@@ -36,62 +34,39 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     sub = train.add_subparsers(dest="train_command", metavar="COMMAND", required=True)
 
-    submit = _client_parser(
+    submit = _CLIENT.add(
         sub, "submit", "submit a job described by a YAML file (TrainJobSpec fields)", _submit
     )
     submit.add_argument("file", type=Path, help="job file, e.g. job.yaml")
     submit.add_argument("--watch", action="store_true", help="follow the job until it ends")
 
-    watch = _client_parser(sub, "watch", "follow a job with a progress bar until it ends", _watch)
+    watch = _CLIENT.add(sub, "watch", "follow a job with a progress bar until it ends", _watch)
     watch.add_argument("job_id")
     watch.add_argument("--logs", action="store_true", help="print the runner's log lines too")
 
-    ls = _client_parser(sub, "ls", "list jobs, newest first", _ls)
+    ls = _CLIENT.add(sub, "ls", "list jobs, newest first", _ls)
     ls.add_argument(
         "--state", action="append", choices=_STATES, default=[], help="only these states (repeat)"
     )
     ls.add_argument("--json", action="store_true", help="one JSON object per line")
 
-    show = _client_parser(sub, "show", "a job's spec and status as JSON", _show)
+    show = _CLIENT.add(sub, "show", "a job's spec and status as JSON", _show)
     show.add_argument("job_id")
 
-    cancel = _client_parser(sub, "cancel", "stop a queued or running job", _cancel)
+    cancel = _CLIENT.add(sub, "cancel", "stop a queued or running job", _cancel)
     cancel.add_argument("job_id")
 
-    resume = _client_parser(
-        sub, "resume", "requeue a failed or cancelled job from its last checkpoint", _resume
-    )
+    resume = _CLIENT.add(sub, "resume", "requeue a failed or cancelled job from its last checkpoint", _resume)
     resume.add_argument("job_id")
 
 
-def _client_parser(
-    sub: argparse._SubParsersAction, name: str, help_text: str, handler: Callable[..., int]
-) -> argparse.ArgumentParser:
-    parser = sub.add_parser(name, help=help_text, description=help_text)
-    parser.add_argument(
-        "--trainer", metavar="ADDR", help="trainer address (default $CAIRN_TRAINER or 127.0.0.1:50056)"
-    )
-    parser.set_defaults(func=functools.partial(_run_client_command, name, handler))
-    return parser
+def _connect(address: str | None) -> Any:
+    from cairn.services.trainer.client import TrainerClient
+
+    return TrainerClient(address)
 
 
-def _run_client_command(name: str, handler: Callable[..., int], args: argparse.Namespace) -> int:
-    from .client import TrainerClient
-
-    client = TrainerClient(args.trainer)
-    try:
-        return handler(client, args)
-    except Unavailable as e:
-        print(
-            f"{PROG} {name}: trainer at {client.target} unavailable ({e.message}); "
-            "is `cairn trainer serve` running there? Set --trainer or CAIRN_TRAINER otherwise.",
-            file=sys.stderr,
-        )
-    except CairnError as e:
-        print(f"{PROG} {name}: {e.message}", file=sys.stderr)
-    finally:
-        client.close()
-    return 1
+_CLIENT = ClientCommands(PROG, "trainer", "--trainer", "CAIRN_TRAINER", "127.0.0.1:50056", _connect)
 
 
 def _state(value: int) -> str:
