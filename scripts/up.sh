@@ -3,5 +3,5 @@
 # machine with the locally built tiny model. Extra arguments go to `cairn up`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/install.sh
+bash scripts/install.sh router
 exec .venv/bin/cairn up "$@"
