@@ -21,6 +21,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "cairn.services.scheduler.cli",
     "cairn.services.trainer.cli",
     "cairn.services.quantizer.cli",
+    "cairn.services.router.cli",
     "cairn.up",
 )
 

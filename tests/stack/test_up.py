@@ -21,7 +21,14 @@ def _start_up(home: Path) -> tuple[subprocess.Popen[str], str, str]:
     """Starts `cairn up`; returns the process and the registry and scheduler addresses."""
     env = {**os.environ, "CAIRN_HOME": str(home), "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(
-        [sys.executable, "-P", "-m", "cairn.cli", "up", "--registry-port", "0", "--scheduler-port", "0"],
+        [
+            sys.executable,
+            "-P",
+            "-m",
+            "cairn.cli",
+            "up",
+            *(f"--{s}-port=0" for s in ("registry", "scheduler", "tokenizer", "router", "http")),
+        ],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
