@@ -27,7 +27,10 @@ Options for a short device lease:
              table lists aten ops instead;
   --compile  batch-1 decode again with the captured step compiled by
              torch.compile (--compile-mode, default max-autotune-no-cudagraphs),
-             one graph size only; a failure is recorded, not raised.
+             one graph size only; a failure is recorded, not raised;
+  --gemv     batch-1 decode again with decode-size linear layers on the
+             Triton GEMV (kernels.triton_gemv) instead of cuBLAS, graphs
+             captured again (with --profile, its kernel table too).
 
 `phase_seconds` in the JSON records where the run's wall time went.
 """
@@ -54,6 +57,7 @@ from pathlib import Path
 import torch
 from torch.autograd import DeviceType
 
+from cairn import kernels
 from cairn.services.worker.driver import Driver
 from cairn.services.worker.engine_config import EngineConfig
 from cairn.services.worker.kv_cache import block_bytes
@@ -453,6 +457,9 @@ def bench_model(
         result["speedup_vs_hf_batch1"] = (
             result["batch1_decode_tokens_per_s"] / result["hf_generate_batch1_tokens_per_s"]
         )
+    if args.gemv:
+        with phase("triton_gemv"):
+            result["triton_gemv"] = triton_gemv_decode(runner, args, device, timer, roofline)
     del runner
     release(device)
     if args.compile:
@@ -476,6 +483,32 @@ def compiled_decode(
         result["batch1_decode_tokens_per_s"] = tps
         result["batch1_decode_pct_of_roofline"] = 100 * tps / roofline
         del runner
+    except Exception as error:
+        # A failed variant is a result to record, not a reason to lose the rest of the run.
+        result["error"] = "".join(traceback.format_exception_only(error)).strip()
+        result["traceback"] = traceback.format_exc()[-4000:]
+    return result
+
+
+def triton_gemv_decode(
+    runner: ModelRunner, args: argparse.Namespace, device: torch.device, timer: Timer, roofline: float
+) -> dict:
+    """Batch-1 decode with decode-size linear layers on the Triton GEMV instead of cuBLAS
+    (graphs captured again with it, autotuning first); the runner is left on the GEMV."""
+    result: dict = {}
+    try:
+        with kernels.triton_gemv():
+            begin = time.perf_counter()
+            if runner.graphs is not None:
+                runner.capture_graphs()
+            result["setup_s"] = time.perf_counter() - begin
+            for num_steps in (1, args.multi_step):
+                tps = batch1_decode(runner, args, timer, num_steps)
+                key = "batch1_decode" if num_steps == 1 else f"batch1_decode_multistep{num_steps}"
+                result[f"{key}_tokens_per_s"] = tps
+                result[f"{key}_pct_of_roofline"] = 100 * tps / roofline
+            if args.profile:
+                result["profile"] = profile_decode(runner, args, device, None)
     except Exception as error:
         # A failed variant is a result to record, not a reason to lose the rest of the run.
         result["error"] = "".join(traceback.format_exception_only(error)).strip()
@@ -543,6 +576,14 @@ def print_table(results: dict) -> None:
                 )
             for family, us in table["us_per_step_by_family"].items():
                 print(f"    {family:<20} {us:8.1f} us/step")
+        if "triton_gemv" in r:
+            g = r["triton_gemv"]
+            if "error" in g:
+                print(f"triton gemv: failed: {g['error']}")
+            else:
+                for key in [k for k in g if k.startswith("batch1_decode") and k.endswith("tokens_per_s")]:
+                    pct = g[key.replace("tokens_per_s", "pct_of_roofline")]
+                    print(f"triton gemv {key[:-13]:<16} {g[key]:10.1f} tok/s   {pct:5.1f}% of roofline")
         if "compiled" in r:
             c = r["compiled"]
             if "error" in c:
@@ -600,6 +641,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     )
     parser.add_argument("--compile", action="store_true", help="batch-1 decode of the torch.compile'd step")
     parser.add_argument("--compile-mode", default="max-autotune-no-cudagraphs")
+    parser.add_argument(
+        "--gemv", action="store_true", help="batch-1 decode again with the Triton GEMV instead of cuBLAS"
+    )
     args = parser.parse_args(argv)
     if args.quick:
         args.repeats, args.hf_repeats, args.hf_tokens, args.fixed_steps = 1, 1, 32, 6

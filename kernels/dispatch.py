@@ -2,6 +2,9 @@
 
 `CAIRN_KERNELS=reference` (read at import) or `force_reference(True)` sends
 every call to the reference, e.g. to bisect a numerical difference on a GPU.
+`CAIRN_GEMV=triton` or `triton_gemv(True)` moves decode-size linear layers
+from cuBLAS to the Triton GEMV (`triton_ops/skinny_gemm.py`), off by default until
+an H200 run shows it faster.
 
 Under torch.compile each call goes through its `torch.ops.cairn` custom op
 (`custom_ops.py`) instead, which Dynamo keeps as one opaque node; eager calls
@@ -16,39 +19,67 @@ import os
 from types import ModuleType, TracebackType
 
 import torch
+import torch.nn.functional as F
 
 from cairn.common.errors import InvalidArgument
 from cairn.kernels import reference
 
+# The most rows `linear` sends to the Triton GEMV (skinny_gemm.MAX_ROWS; not imported,
+# since importing Triton is optional here).
+GEMV_MAX_ROWS = 16
+
 _TRITON_DEVICE_TYPES = ("cuda", "xpu")
 _MODES = ("auto", "reference")
-
-_mode = os.environ.get("CAIRN_KERNELS", "auto").strip().lower() or "auto"
-if _mode not in _MODES:
-    raise InvalidArgument(f"CAIRN_KERNELS must be one of {_MODES}, got {_mode!r}")
-_forced = _mode == "reference"
+_GEMVS = ("cublas", "triton")
 
 
-class force_reference:
-    """`force_reference(True)` sets the switch; `with force_reference():` sets it for a block."""
+def _setting(variable: str, default: str, choices: tuple[str, ...]) -> str:
+    value = os.environ.get(variable, default).strip().lower() or default
+    if value not in choices:
+        raise InvalidArgument(f"{variable} must be one of {choices}, got {value!r}")
+    return value
+
+
+_switches = {
+    "reference": _setting("CAIRN_KERNELS", "auto", _MODES) == "reference",
+    "triton_gemv": _setting("CAIRN_GEMV", "cublas", _GEMVS) == "triton",
+}
+
+
+class _Switch:
+    """`switch(True)` sets it; `with switch():` sets it for a block."""
+
+    name = ""
 
     def __init__(self, enabled: bool = True) -> None:
-        global _forced
-        self._previous = _forced
-        _forced = enabled
+        self._previous = _switches[self.name]
+        _switches[self.name] = enabled
 
-    def __enter__(self) -> force_reference:
+    def __enter__(self) -> _Switch:
         return self
 
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        global _forced
-        _forced = self._previous
+        _switches[self.name] = self._previous
+
+
+class force_reference(_Switch):
+    """Every kernel call to the torch reference (`CAIRN_KERNELS=reference` at import)."""
+
+    name = "reference"
+
+
+class triton_gemv(_Switch):
+    """Linear layers of decode batches (at most 16 rows, no bias) on an accelerator run the
+    Triton GEMV instead of cuBLAS (`CAIRN_GEMV=triton` at import). CUDA graphs keep the
+    kernels they captured: set it before capture."""
+
+    name = "triton_gemv"
 
 
 def reference_forced() -> bool:
-    return _forced
+    return _switches["reference"]
 
 
 @functools.cache
@@ -62,9 +93,24 @@ def _triton_ops() -> ModuleType | None:
 
 def backend_for(tensor: torch.Tensor) -> ModuleType:
     """The module that runs kernels for `tensor`: `cairn.kernels.triton_ops` or `cairn.kernels.reference`."""
-    if _forced or tensor.device.type not in _TRITON_DEVICE_TYPES:
+    if _switches["reference"] or tensor.device.type not in _TRITON_DEVICE_TYPES:
         return reference
     return _triton_ops() or reference
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """`F.linear`; with `triton_gemv` on, a decode batch's rows take the Triton GEMV."""
+    if (
+        _switches["triton_gemv"]
+        and bias is None
+        and x.dim() == 2
+        and x.shape[0] <= GEMV_MAX_ROWS
+        and not torch.compiler.is_compiling()
+    ):
+        backend = backend_for(x)
+        if backend is not reference:
+            return backend.gemv(x, weight)
+    return F.linear(x, weight, bias)
 
 
 def rms_norm(

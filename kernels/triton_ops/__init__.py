@@ -11,9 +11,11 @@ from cairn.kernels.triton_ops.norm import rms_norm
 from cairn.kernels.triton_ops.prefill import prefill_attention
 from cairn.kernels.triton_ops.rotary import apply_rotary
 from cairn.kernels.triton_ops.rotary_cache import rotary_and_cache
+from cairn.kernels.triton_ops.skinny_gemm import gemv
 
 __all__ = [
     "apply_rotary",
+    "gemv",
     "paged_decode_attention",
     "prefill_attention",
     "rms_norm",

@@ -127,14 +127,7 @@ class ModelRunner:
             num_blocks = self._profile_num_blocks()
         self._allocate(num_blocks)
         if self.device.type == "cuda" and not config.enforce_eager:
-            self.graphs = DecodeGraphs(
-                self.model,
-                self.kv_cache.layers,
-                config.max_num_seqs,
-                self.table.max_blocks_per_seq,
-                self.compile_mode,
-            )
-            self.graphs.capture()
+            self.capture_graphs()
         log.info(
             "KV cache: %d blocks of %d tokens (%.2f GiB); CUDA graphs for batch sizes %s",
             num_blocks,
@@ -143,6 +136,19 @@ class ModelRunner:
             self.cuda_graph_batch_sizes,
         )
         return num_blocks
+
+    def capture_graphs(self) -> None:
+        """Captures the decode CUDA graphs, again after a kernel switch (`kernels.triton_gemv`)."""
+        self.graphs = None
+        torch.cuda.empty_cache()
+        self.graphs = DecodeGraphs(
+            self.model,
+            self.kv_cache.layers,
+            self.config.max_num_seqs,
+            self.table.max_blocks_per_seq,
+            self.compile_mode,
+        )
+        self.graphs.capture()
 
     @property
     def kv_cache_bytes(self) -> int:

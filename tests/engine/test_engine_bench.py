@@ -27,7 +27,7 @@ def bench() -> ModuleType:
 
 def test_tiny_run_with_profile_and_compile(bench: ModuleType, tmp_path: Path) -> None:
     out = tmp_path / "engine_decode.json"
-    bench.main(["--tiny", "--skip-hf", "--profile", "--compile", "--out", str(out)])
+    bench.main(["--tiny", "--skip-hf", "--profile", "--compile", "--gemv", "--out", str(out)])
     result = json.loads(out.read_text())
     tiny = result["models"]["tiny"]
     assert tiny["batch1_decode_tokens_per_s"] > 0
@@ -35,6 +35,7 @@ def test_tiny_run_with_profile_and_compile(bench: ModuleType, tmp_path: Path) ->
     assert table["kernels"] and table["kernels"][0]["total_us"] > 0
     assert sum(row["share"] for row in table["kernels"]) == pytest.approx(1.0, abs=0.01)
     assert tiny["compiled"]["batch1_decode_tokens_per_s"] > 0
+    assert tiny["triton_gemv"]["batch1_decode_tokens_per_s"] > 0
     phases = {"tiny/runner_setup", "tiny/batch1_decode", "tiny/profile", "tiny/compiled", "total"}
     assert phases <= set(result["phase_seconds"])
 

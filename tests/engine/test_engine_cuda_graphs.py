@@ -146,3 +146,20 @@ def test_compiled_graph_decode_matches_eager(checkpoint) -> None:
     assert compiled_tokens == eager_tokens
     for ours, theirs in zip(compiled_logits, eager_logits, strict=True):
         torch.testing.assert_close(ours, theirs, atol=1e-4, rtol=0)
+
+
+@pytest.mark.gpu
+@requires_cuda
+def test_graphs_with_the_triton_gemv_decode_like_cublas(checkpoint) -> None:
+    from cairn import kernels
+
+    ckpt = checkpoint("llama-3.2")
+    with kernels.triton_gemv():
+        gemv = make_runner(ckpt.path, block_size=BLOCK_SIZE, device="cuda")
+        batch = prompts(seed=72, lengths=(26, 40, 11))
+        gemv_logits, gemv_tokens = decode_logits(gemv, batch, steps=5)
+    cublas = make_runner(ckpt.path, block_size=BLOCK_SIZE, device="cuda")
+    cublas_logits, cublas_tokens = decode_logits(cublas, batch, steps=5)
+    assert gemv_tokens == cublas_tokens
+    for ours, theirs in zip(gemv_logits, cublas_logits, strict=True):
+        torch.testing.assert_close(ours, theirs, atol=1e-4, rtol=0)

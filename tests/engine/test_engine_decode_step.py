@@ -18,6 +18,7 @@ from engine_helpers import BlockAllocator, greedy, make_runner, prefill_step, pr
 from launch_counter import count_launches
 from torch._dynamo.backends.common import aot_autograd
 
+from cairn import kernels
 from cairn.common.errors import InvalidArgument
 from cairn.kernels import dispatch
 from cairn.services.worker.cuda_graphs import DecodeGraphs
@@ -76,7 +77,7 @@ def test_triton_decode_path_matches_the_references(checkpoint, monkeypatch, vari
     # A context past one 128-key tile, so batch-1 decode attention runs in two splits and merges.
     batch = prompts(seed=5, lengths=(130, 9))
     tokens, logits = {}, {}
-    for path in ("reference", "triton"):
+    for path in ("reference", "triton", "triton+gemv"):
         runner = make_runner(checkpoint(variant).path, block_size=BLOCK_SIZE, max_num_batched_tokens=512)
         seqs = list(enumerate(batch))
         generated = {s: [] for s, _ in seqs}
@@ -84,9 +85,11 @@ def test_triton_decode_path_matches_the_references(checkpoint, monkeypatch, vari
         for output in runner.step(prefill_step(seqs, BlockAllocator(), BLOCK_SIZE, greedy())).outputs:
             generated[output.seq_id] += [t.token_id for t in output.tokens]
         with contextlib.ExitStack() as stack:
-            if path == "triton":
+            if path != "reference":
                 # 16 multiprocessors: 16 splits at batch 1, of which a 130-key context fills two.
                 stack.enter_context(triton_on_cpu(monkeypatch, processors=16))
+            if path == "triton+gemv":
+                stack.enter_context(kernels.triton_gemv())
             recorded = stack.enter_context(recorded_logits(runner))
             # Batch 1: one sequence decodes, with the whole GPU to itself.
             for seq_id in (0, 1, 0):
@@ -98,10 +101,11 @@ def test_triton_decode_path_matches_the_references(checkpoint, monkeypatch, vari
             for output in runner.step(StepInput(scheduled=scheduled)).outputs:
                 generated[output.seq_id] += [t.token_id for t in output.tokens]
         tokens[path], logits[path] = generated, recorded
-    assert tokens["triton"] == tokens["reference"]
-    assert len(logits["triton"]) == 4
-    for ours, expected in zip(logits["triton"], logits["reference"], strict=True):
-        torch.testing.assert_close(ours, expected, atol=1e-4, rtol=0)
+    for path in ("triton", "triton+gemv"):
+        assert tokens[path] == tokens["reference"]
+        assert len(logits[path]) == 4
+        for ours, expected in zip(logits[path], logits["reference"], strict=True):
+            torch.testing.assert_close(ours, expected, atol=1e-4, rtol=0)
 
 
 def test_compiled_decode_step_is_exact(checkpoint) -> None:

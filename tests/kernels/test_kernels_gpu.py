@@ -188,3 +188,32 @@ def test_paged_decode_attention_merges_across_many_replays(triton_ops, paged_con
         graph.replay()
         assert_bf16_close(out, reference.paged_decode_attention(*args))
     assert not decode._ARRIVALS[q.device].any()
+
+
+@pytest.mark.parametrize(
+    ("rows", "n", "k"), [(1, 6144, 4096), (1, 4096, 14336), (4, 28672, 4096), (16, 4096, 4096)]
+)
+def test_gemv_at_llama_8b_shapes(triton_ops, rows: int, n: int, k: int) -> None:
+    # The autotuned path: tile widths and K splits chosen on this GPU, merged in one launch.
+    from cairn.kernels.triton_ops import skinny_gemm
+
+    x = _randn(rows, k, seed=20)
+    weight = _randn(n, k, seed=21, scale=0.02)
+    expected = torch.nn.functional.linear(x.float(), weight.float())
+    for _ in range(3):
+        assert_bf16_close(triton_ops.gemv(x, weight), expected.to(BF16))
+    assert not skinny_gemm._ARRIVALS[x.device].any()
+
+
+def test_gemv_replays_in_a_cuda_graph(triton_ops) -> None:
+    x = _randn(1, 4096, seed=22)
+    weight = _randn(4096, 4096, seed=23, scale=0.02)
+    triton_ops.gemv(x, weight)  # tunes outside the capture
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = triton_ops.gemv(x, weight)
+    for seed in range(24, 44):
+        x.copy_(_randn(1, 4096, seed=seed))
+        graph.replay()
+        assert_bf16_close(out, torch.nn.functional.linear(x.float(), weight.float()).to(BF16))

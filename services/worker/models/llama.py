@@ -33,6 +33,14 @@ _FUSED_PARAMETERS = {("qkv_proj", "bias"): "qkv_bias"}
 _IGNORED_SUFFIXES = ("rotary_emb.inv_freq", "rotary_emb.cos_cached", "rotary_emb.sin_cached")
 
 
+class Linear(nn.Linear):
+    """nn.Linear through `kernels.linear`, so decode batches can take the Triton GEMV
+    (`kernels.triton_gemv`). Quantization replaces these like any nn.Linear."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return kernels.linear(x, self.weight, self.bias)
+
+
 class RMSNorm(nn.Module):
     def __init__(self, size: int, eps: float) -> None:
         super().__init__()
@@ -57,9 +65,9 @@ class LlamaAttention(nn.Module):
         qkv_size = self.q_size + 2 * self.kv_size
         # The q/k/v bias (Qwen2) is added by the rotary kernel, not the GEMM: at one
         # row, cuBLAS has no bias epilogue and would launch a separate bias copy.
-        self.qkv_proj = nn.Linear(config.hidden_size, qkv_size, bias=False)
+        self.qkv_proj = Linear(config.hidden_size, qkv_size, bias=False)
         self.qkv_bias = nn.Parameter(torch.empty(qkv_size)) if config.qkv_bias else None
-        self.o_proj = nn.Linear(self.q_size, config.hidden_size, bias=config.o_proj_bias)
+        self.o_proj = Linear(self.q_size, config.hidden_size, bias=config.o_proj_bias)
 
     def shard_sizes(self) -> tuple[int, ...]:
         return (self.q_size, self.kv_size, self.kv_size)
@@ -86,8 +94,8 @@ class LlamaMLP(nn.Module):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.intermediate_size = config.intermediate_size
-        self.gate_up_proj = nn.Linear(config.hidden_size, 2 * config.intermediate_size, bias=config.mlp_bias)
-        self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=config.mlp_bias)
+        self.gate_up_proj = Linear(config.hidden_size, 2 * config.intermediate_size, bias=config.mlp_bias)
+        self.down_proj = Linear(config.intermediate_size, config.hidden_size, bias=config.mlp_bias)
 
     def shard_sizes(self) -> tuple[int, ...]:
         return (self.intermediate_size, self.intermediate_size)
@@ -152,7 +160,7 @@ class LlamaForCausalLM(nn.Module):
         super().__init__()
         self.config = config
         self.model = LlamaModel(config)
-        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.lm_head = Linear(config.hidden_size, config.vocab_size, bias=False)
         self.rope_cache = torch.empty(0)
         self.tie_weights()
 

@@ -1,0 +1,76 @@
+"""The Triton GEMV (decode-size linear layers) against torch's matmul, and its dispatch."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import cairn.kernels
+from cairn.kernels import dispatch
+
+TOL = {"rtol": 1e-5, "atol": 1e-4}
+
+
+def _randn(*shape: int, seed: int, device: torch.device) -> torch.Tensor:
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed)).to(device)
+
+
+@pytest.mark.parametrize("rows", [1, 3, 16])
+@pytest.mark.parametrize(("n", "k"), [(40, 64), (96, 300)])
+@pytest.mark.parametrize(("block_n", "split_k"), [(32, 1), (64, 2), (32, 4)])
+def test_gemv_matches_matmul(triton_ops, device, rows: int, n: int, k: int, block_n: int, split_k: int):
+    # K = 300 leaves a partial 128-wide tile, and with 4 splits of 128 one split is empty.
+    from cairn.kernels.triton_ops import skinny_gemm
+
+    x = _randn(rows, k, seed=1, device=device)
+    weight = _randn(n, k, seed=2, device=device)
+    out = triton_ops.gemv(x, weight, block_n=block_n, split_k=split_k)
+    assert out.shape == (rows, n) and out.dtype == x.dtype
+    torch.testing.assert_close(out, x @ weight.T, **TOL)
+    # Every split's merge reset its tile's arrival count for the next launch.
+    assert not skinny_gemm._ARRIVALS[x.device].any()
+
+
+def test_gemv_strided_rows_and_row_limit(triton_ops, device) -> None:
+    x = _randn(2, 80, seed=3, device=device)[:, :64]
+    weight = _randn(48, 64, seed=4, device=device)
+    torch.testing.assert_close(triton_ops.gemv(x, weight), x @ weight.T, **TOL)
+    with pytest.raises(ValueError, match="at most 16 rows"):
+        triton_ops.gemv(_randn(17, 64, seed=5, device=device), weight)
+
+
+def test_split_choices_cover_the_multiprocessors() -> None:
+    from cairn.kernels.triton_ops.skinny_gemm import split_choices
+
+    # 8B o_proj at batch 1 on an H200: 64 column tiles of 64 need 4 splits to reach 132 SMs.
+    assert split_choices(n_tiles=64, k_tiles=16, processors=132) == [4, 8]
+    # Wide layers need no split, and never more splits than K has tiles.
+    assert split_choices(n_tiles=448, k_tiles=16, processors=132) == [1, 2]
+    assert split_choices(n_tiles=18, k_tiles=4, processors=132) == [4]
+
+
+@pytest.fixture
+def accelerator(monkeypatch, device, triton_ops) -> torch.device:
+    if device.type == "cpu":
+        monkeypatch.setattr(dispatch, "_TRITON_DEVICE_TYPES", ("cpu",))
+    return device
+
+
+def test_linear_takes_the_gemv_only_when_switched_on(accelerator, monkeypatch, triton_ops) -> None:
+    calls = []
+    monkeypatch.setattr(triton_ops, "gemv", lambda x, w: calls.append(x.shape) or x @ w.T)
+    x = _randn(4, 32, seed=6, device=accelerator)
+    weight = _randn(24, 32, seed=7, device=accelerator)
+    bias = _randn(24, seed=8, device=accelerator)
+    cairn.kernels.linear(x, weight)
+    assert calls == []
+    with cairn.kernels.triton_gemv():
+        torch.testing.assert_close(cairn.kernels.linear(x, weight), F.linear(x, weight), **TOL)
+        assert calls == [(4, 32)]
+        # A bias, more than 16 rows, or the reference forced: cuBLAS (F.linear) as before.
+        cairn.kernels.linear(x, weight, bias)
+        cairn.kernels.linear(_randn(17, 32, seed=9, device=accelerator), weight)
+        with cairn.kernels.force_reference():
+            cairn.kernels.linear(x, weight)
+    assert calls == [(4, 32)]
