@@ -45,6 +45,12 @@ class EngineOptions(BaseModel):
     )
     enforce_eager: bool = Field(False, description="never capture CUDA graphs")
     seed: int = Field(0, ge=0, description="sampling seed of rows that bring none")
+    quantization: Literal["auto", "none", "w8a16", "w4a16", "w8a8_int8", "w8a8_fp8"] = Field(
+        "auto", description="weight quantization; auto serves what the checkpoint declares"
+    )
+    kv_cache_dtype: Literal["auto", "int8", "fp8"] = Field(
+        "auto", description="KV cache element type; auto: what the checkpoint declares, else the model dtype"
+    )
 
     def engine_config(self, model: str, load_format: str = "safetensors") -> EngineConfig:
         """What each worker loads. The worker's step limits match the scheduler's,
@@ -63,6 +69,8 @@ class EngineOptions(BaseModel):
             enforce_eager=self.enforce_eager,
             seed=self.seed,
             load_format=load_format,
+            quantization=self.quantization,
+            kv_cache_dtype=self.kv_cache_dtype,
         )
 
     def scheduler_config(self, worker_max_model_len: int, num_blocks: int) -> SchedulerConfig:
