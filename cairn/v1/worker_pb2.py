@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from cairn.v1 import common_pb2 as cairn_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15\x63\x61irn/v1/worker.proto\x12\x08\x63\x61irn.v1\x1a\x15\x63\x61irn/v1/common.proto\"\xbf\x04\n\x0c\x45ngineConfig\x12!\n\x05model\x18\x01 \x01(\x0b\x32\x12.cairn.v1.ModelRef\x12\x1e\n\x05\x64type\x18\x02 \x01(\x0e\x32\x0f.cairn.v1.DType\x12$\n\x06\x64\x65vice\x18\x03 \x01(\x0e\x32\x14.cairn.v1.DeviceKind\x12\x14\n\x0c\x64\x65vice_index\x18\x04 \x01(\r\x12\x12\n\nblock_size\x18\x05 \x01(\r\x12#\n\x16gpu_memory_utilization\x18\x06 \x01(\x02H\x00\x88\x01\x01\x12\x12\n\nnum_blocks\x18\x07 \x01(\r\x12\x1c\n\x0f\x63pu_kv_cache_gb\x18\x08 \x01(\x02H\x01\x88\x01\x01\x12\x14\n\x0cmax_num_seqs\x18\t \x01(\r\x12\x1e\n\x16max_num_batched_tokens\x18\n \x01(\r\x12\x15\n\rmax_model_len\x18\x0b \x01(\r\x12\x15\n\renforce_eager\x18\x0c \x01(\x08\x12,\n\x0cquantization\x18\r \x01(\x0e\x32\x16.cairn.v1.Quantization\x12.\n\x0ekv_cache_dtype\x18\x0e \x01(\x0e\x32\x16.cairn.v1.KvCacheDtype\x12\x1c\n\x14tensor_parallel_size\x18\x0f \x01(\r\x12\x0c\n\x04seed\x18\x10 \x01(\x04\x12\x11\n\tmax_loras\x18\x11 \x01(\r\x12\x15\n\rmax_lora_rank\x18\x12 \x01(\rB\x19\n\x17_gpu_memory_utilizationB\x12\n\x10_cpu_kv_cache_gb\":\n\x10LoadModelRequest\x12&\n\x06\x63onfig\x18\x01 \x01(\x0b\x32\x16.cairn.v1.EngineConfig\"\x10\n\x0eGetInfoRequest\"\xfc\x02\n\nWorkerInfo\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x14\n\x0c\x61rchitecture\x18\x03 \x01(\t\x12&\n\x06\x63onfig\x18\x04 \x01(\x0b\x32\x16.cairn.v1.EngineConfig\x12\x12\n\nnum_blocks\x18\x05 \x01(\r\x12\x12\n\nblock_size\x18\x06 \x01(\r\x12\x12\n\nvocab_size\x18\x07 \x01(\r\x12\x15\n\reos_token_ids\x18\x08 \x03(\x05\x12\x0e\n\x06\x64\x65vice\x18\t \x01(\t\x12\x14\n\x0cweight_bytes\x18\n \x01(\x04\x12\x1d\n\x15peak_activation_bytes\x18\x0b \x01(\x04\x12\x16\n\x0ekv_cache_bytes\x18\x0c \x01(\x04\x12\x1e\n\x16\x63uda_graph_batch_sizes\x18\r \x03(\r\x12\x15\n\rmax_model_len\x18\x0e \x01(\r\x12\'\n\x08\x61\x64\x61pters\x18\x0f \x03(\x0b\x32\x15.cairn.v1.AdapterInfo\"\xdc\x01\n\x0bNewSequence\x12\x0e\n\x06seq_id\x18\x01 \x01(\x04\x12\x11\n\ttoken_ids\x18\x02 \x03(\x05\x12\x19\n\x11num_prompt_tokens\x18\x03 \x01(\r\x12*\n\x08sampling\x18\x04 \x01(\x0b\x32\x18.cairn.v1.SamplingParams\x12$\n\x04stop\x18\x05 \x01(\x0b\x32\x16.cairn.v1.StopCriteria\x12\x1a\n\rparent_seq_id\x18\x06 \x01(\x04H\x00\x88\x01\x01\x12\x0f\n\x07\x61\x64\x61pter\x18\x07 \x01(\tB\x10\n\x0e_parent_seq_id\"\x80\x01\n\x0cScheduledSeq\x12\x0e\n\x06seq_id\x18\x01 \x01(\x04\x12\x1b\n\x13num_computed_tokens\x18\x02 \x01(\r\x12\x1c\n\x14num_scheduled_tokens\x18\x03 \x01(\r\x12\x15\n\rnew_block_ids\x18\x04 \x03(\r\x12\x0e\n\x06sample\x18\x05 \x01(\x08\"%\n\tBlockCopy\x12\x0b\n\x03src\x18\x01 \x01(\r\x12\x0b\n\x03\x64st\x18\x02 \x01(\r\"\xb9\x01\n\x0bStepRequest\x12\'\n\x08new_seqs\x18\x01 \x03(\x0b\x32\x15.cairn.v1.NewSequence\x12)\n\tscheduled\x18\x02 \x03(\x0b\x32\x16.cairn.v1.ScheduledSeq\x12\x18\n\x10\x66inished_seq_ids\x18\x03 \x03(\x04\x12)\n\x0c\x62lock_copies\x18\x04 \x03(\x0b\x32\x13.cairn.v1.BlockCopy\x12\x11\n\tnum_steps\x18\x05 \x01(\r\"f\n\tSeqOutput\x12\x0e\n\x06seq_id\x18\x01 \x01(\x04\x12\x1f\n\x06tokens\x18\x02 \x03(\x0b\x32\x0f.cairn.v1.Token\x12(\n\x0fprompt_logprobs\x18\x03 \x03(\x0b\x32\x0f.cairn.v1.Token\"J\n\x0cStepResponse\x12$\n\x07outputs\x18\x01 \x03(\x0b\x32\x13.cairn.v1.SeqOutput\x12\x14\n\x0cstep_seconds\x18\x02 \x01(\x01\"\'\n\x14\x46reeSequencesRequest\x12\x0f\n\x07seq_ids\x18\x01 \x03(\x04\"&\n\x15\x46reeSequencesResponse\x12\r\n\x05\x66reed\x18\x01 \x01(\r\"C\n\x12LoadAdapterRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x1f\n\x03ref\x18\x02 \x01(\x0b\x32\x12.cairn.v1.ModelRef\"M\n\x0b\x41\x64\x61pterInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06source\x18\x02 \x01(\t\x12\x0c\n\x04rank\x18\x03 \x01(\r\x12\x12\n\nbase_model\x18\x04 \x01(\t\"$\n\x14UnloadAdapterRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\")\n\x15UnloadAdapterResponse\x12\x10\n\x08unloaded\x18\x01 \x01(\x08*\xa3\x01\n\x0cQuantization\x12\x15\n\x11QUANTIZATION_AUTO\x10\x00\x12\x15\n\x11QUANTIZATION_NONE\x10\x01\x12\x16\n\x12QUANTIZATION_W8A16\x10\x02\x12\x16\n\x12QUANTIZATION_W4A16\x10\x03\x12\x1a\n\x16QUANTIZATION_W8A8_INT8\x10\x04\x12\x19\n\x15QUANTIZATION_W8A8_FP8\x10\x05*X\n\x0cKvCacheDtype\x12\x17\n\x13KV_CACHE_DTYPE_AUTO\x10\x00\x12\x17\n\x13KV_CACHE_DTYPE_INT8\x10\x01\x12\x16\n\x12KV_CACHE_DTYPE_FP8\x10\x02\x32\xa1\x03\n\x06Worker\x12=\n\tLoadModel\x12\x1a.cairn.v1.LoadModelRequest\x1a\x14.cairn.v1.WorkerInfo\x12\x39\n\x07GetInfo\x12\x18.cairn.v1.GetInfoRequest\x1a\x14.cairn.v1.WorkerInfo\x12\x35\n\x04Step\x12\x15.cairn.v1.StepRequest\x1a\x16.cairn.v1.StepResponse\x12P\n\rFreeSequences\x12\x1e.cairn.v1.FreeSequencesRequest\x1a\x1f.cairn.v1.FreeSequencesResponse\x12\x42\n\x0bLoadAdapter\x12\x1c.cairn.v1.LoadAdapterRequest\x1a\x15.cairn.v1.AdapterInfo\x12P\n\rUnloadAdapter\x12\x1e.cairn.v1.UnloadAdapterRequest\x1a\x1f.cairn.v1.UnloadAdapterResponseBD\n\x0c\x64\x65v.cairn.v1P\x01Z2github.com/cairn-llm/cairn/gen/go/cairn/v1;cairnv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15\x63\x61irn/v1/worker.proto\x12\x08\x63\x61irn.v1\x1a\x15\x63\x61irn/v1/common.proto\"\xd4\x04\n\x0c\x45ngineConfig\x12!\n\x05model\x18\x01 \x01(\x0b\x32\x12.cairn.v1.ModelRef\x12\x1e\n\x05\x64type\x18\x02 \x01(\x0e\x32\x0f.cairn.v1.DType\x12$\n\x06\x64\x65vice\x18\x03 \x01(\x0e\x32\x14.cairn.v1.DeviceKind\x12\x14\n\x0c\x64\x65vice_index\x18\x04 \x01(\r\x12\x12\n\nblock_size\x18\x05 \x01(\r\x12#\n\x16gpu_memory_utilization\x18\x06 \x01(\x02H\x00\x88\x01\x01\x12\x12\n\nnum_blocks\x18\x07 \x01(\r\x12\x1c\n\x0f\x63pu_kv_cache_gb\x18\x08 \x01(\x02H\x01\x88\x01\x01\x12\x14\n\x0cmax_num_seqs\x18\t \x01(\r\x12\x1e\n\x16max_num_batched_tokens\x18\n \x01(\r\x12\x15\n\rmax_model_len\x18\x0b \x01(\r\x12\x15\n\renforce_eager\x18\x0c \x01(\x08\x12,\n\x0cquantization\x18\r \x01(\x0e\x32\x16.cairn.v1.Quantization\x12.\n\x0ekv_cache_dtype\x18\x0e \x01(\x0e\x32\x16.cairn.v1.KvCacheDtype\x12\x1c\n\x14tensor_parallel_size\x18\x0f \x01(\r\x12\x0c\n\x04seed\x18\x10 \x01(\x04\x12\x11\n\tmax_loras\x18\x11 \x01(\r\x12\x15\n\rmax_lora_rank\x18\x12 \x01(\r\x12\x13\n\x0bload_format\x18\x13 \x01(\tB\x19\n\x17_gpu_memory_utilizationB\x12\n\x10_cpu_kv_cache_gb\":\n\x10LoadModelRequest\x12&\n\x06\x63onfig\x18\x01 \x01(\x0b\x32\x16.cairn.v1.EngineConfig\"\x10\n\x0eGetInfoRequest\"\xfc\x02\n\nWorkerInfo\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x14\n\x0c\x61rchitecture\x18\x03 \x01(\t\x12&\n\x06\x63onfig\x18\x04 \x01(\x0b\x32\x16.cairn.v1.EngineConfig\x12\x12\n\nnum_blocks\x18\x05 \x01(\r\x12\x12\n\nblock_size\x18\x06 \x01(\r\x12\x12\n\nvocab_size\x18\x07 \x01(\r\x12\x15\n\reos_token_ids\x18\x08 \x03(\x05\x12\x0e\n\x06\x64\x65vice\x18\t \x01(\t\x12\x14\n\x0cweight_bytes\x18\n \x01(\x04\x12\x1d\n\x15peak_activation_bytes\x18\x0b \x01(\x04\x12\x16\n\x0ekv_cache_bytes\x18\x0c \x01(\x04\x12\x1e\n\x16\x63uda_graph_batch_sizes\x18\r \x03(\r\x12\x15\n\rmax_model_len\x18\x0e \x01(\r\x12\'\n\x08\x61\x64\x61pters\x18\x0f \x03(\x0b\x32\x15.cairn.v1.AdapterInfo\"\xdc\x01\n\x0bNewSequence\x12\x0e\n\x06seq_id\x18\x01 \x01(\x04\x12\x11\n\ttoken_ids\x18\x02 \x03(\x05\x12\x19\n\x11num_prompt_tokens\x18\x03 \x01(\r\x12*\n\x08sampling\x18\x04 \x01(\x0b\x32\x18.cairn.v1.SamplingParams\x12$\n\x04stop\x18\x05 \x01(\x0b\x32\x16.cairn.v1.StopCriteria\x12\x1a\n\rparent_seq_id\x18\x06 \x01(\x04H\x00\x88\x01\x01\x12\x0f\n\x07\x61\x64\x61pter\x18\x07 \x01(\tB\x10\n\x0e_parent_seq_id\"\x80\x01\n\x0cScheduledSeq\x12\x0e\n\x06seq_id\x18\x01 \x01(\x04\x12\x1b\n\x13num_computed_tokens\x18\x02 \x01(\r\x12\x1c\n\x14num_scheduled_tokens\x18\x03 \x01(\r\x12\x15\n\rnew_block_ids\x18\x04 \x03(\r\x12\x0e\n\x06sample\x18\x05 \x01(\x08\"%\n\tBlockCopy\x12\x0b\n\x03src\x18\x01 \x01(\r\x12\x0b\n\x03\x64st\x18\x02 \x01(\r\"\xb9\x01\n\x0bStepRequest\x12\'\n\x08new_seqs\x18\x01 \x03(\x0b\x32\x15.cairn.v1.NewSequence\x12)\n\tscheduled\x18\x02 \x03(\x0b\x32\x16.cairn.v1.ScheduledSeq\x12\x18\n\x10\x66inished_seq_ids\x18\x03 \x03(\x04\x12)\n\x0c\x62lock_copies\x18\x04 \x03(\x0b\x32\x13.cairn.v1.BlockCopy\x12\x11\n\tnum_steps\x18\x05 \x01(\r\"f\n\tSeqOutput\x12\x0e\n\x06seq_id\x18\x01 \x01(\x04\x12\x1f\n\x06tokens\x18\x02 \x03(\x0b\x32\x0f.cairn.v1.Token\x12(\n\x0fprompt_logprobs\x18\x03 \x03(\x0b\x32\x0f.cairn.v1.Token\"J\n\x0cStepResponse\x12$\n\x07outputs\x18\x01 \x03(\x0b\x32\x13.cairn.v1.SeqOutput\x12\x14\n\x0cstep_seconds\x18\x02 \x01(\x01\"\'\n\x14\x46reeSequencesRequest\x12\x0f\n\x07seq_ids\x18\x01 \x03(\x04\"&\n\x15\x46reeSequencesResponse\x12\r\n\x05\x66reed\x18\x01 \x01(\r\"C\n\x12LoadAdapterRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x1f\n\x03ref\x18\x02 \x01(\x0b\x32\x12.cairn.v1.ModelRef\"M\n\x0b\x41\x64\x61pterInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06source\x18\x02 \x01(\t\x12\x0c\n\x04rank\x18\x03 \x01(\r\x12\x12\n\nbase_model\x18\x04 \x01(\t\"$\n\x14UnloadAdapterRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\")\n\x15UnloadAdapterResponse\x12\x10\n\x08unloaded\x18\x01 \x01(\x08*\xa3\x01\n\x0cQuantization\x12\x15\n\x11QUANTIZATION_AUTO\x10\x00\x12\x15\n\x11QUANTIZATION_NONE\x10\x01\x12\x16\n\x12QUANTIZATION_W8A16\x10\x02\x12\x16\n\x12QUANTIZATION_W4A16\x10\x03\x12\x1a\n\x16QUANTIZATION_W8A8_INT8\x10\x04\x12\x19\n\x15QUANTIZATION_W8A8_FP8\x10\x05*X\n\x0cKvCacheDtype\x12\x17\n\x13KV_CACHE_DTYPE_AUTO\x10\x00\x12\x17\n\x13KV_CACHE_DTYPE_INT8\x10\x01\x12\x16\n\x12KV_CACHE_DTYPE_FP8\x10\x02\x32\xa1\x03\n\x06Worker\x12=\n\tLoadModel\x12\x1a.cairn.v1.LoadModelRequest\x1a\x14.cairn.v1.WorkerInfo\x12\x39\n\x07GetInfo\x12\x18.cairn.v1.GetInfoRequest\x1a\x14.cairn.v1.WorkerInfo\x12\x35\n\x04Step\x12\x15.cairn.v1.StepRequest\x1a\x16.cairn.v1.StepResponse\x12P\n\rFreeSequences\x12\x1e.cairn.v1.FreeSequencesRequest\x1a\x1f.cairn.v1.FreeSequencesResponse\x12\x42\n\x0bLoadAdapter\x12\x1c.cairn.v1.LoadAdapterRequest\x1a\x15.cairn.v1.AdapterInfo\x12P\n\rUnloadAdapter\x12\x1e.cairn.v1.UnloadAdapterRequest\x1a\x1f.cairn.v1.UnloadAdapterResponseBD\n\x0c\x64\x65v.cairn.v1P\x01Z2github.com/cairn-llm/cairn/gen/go/cairn/v1;cairnv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,42 +33,42 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'cairn.v1.worker_pb2', _glob
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'\n\014dev.cairn.v1P\001Z2github.com/cairn-llm/cairn/gen/go/cairn/v1;cairnv1'
-  _globals['_QUANTIZATION']._serialized_start=2169
-  _globals['_QUANTIZATION']._serialized_end=2332
-  _globals['_KVCACHEDTYPE']._serialized_start=2334
-  _globals['_KVCACHEDTYPE']._serialized_end=2422
+  _globals['_QUANTIZATION']._serialized_start=2190
+  _globals['_QUANTIZATION']._serialized_end=2353
+  _globals['_KVCACHEDTYPE']._serialized_start=2355
+  _globals['_KVCACHEDTYPE']._serialized_end=2443
   _globals['_ENGINECONFIG']._serialized_start=59
-  _globals['_ENGINECONFIG']._serialized_end=634
-  _globals['_LOADMODELREQUEST']._serialized_start=636
-  _globals['_LOADMODELREQUEST']._serialized_end=694
-  _globals['_GETINFOREQUEST']._serialized_start=696
-  _globals['_GETINFOREQUEST']._serialized_end=712
-  _globals['_WORKERINFO']._serialized_start=715
-  _globals['_WORKERINFO']._serialized_end=1095
-  _globals['_NEWSEQUENCE']._serialized_start=1098
-  _globals['_NEWSEQUENCE']._serialized_end=1318
-  _globals['_SCHEDULEDSEQ']._serialized_start=1321
-  _globals['_SCHEDULEDSEQ']._serialized_end=1449
-  _globals['_BLOCKCOPY']._serialized_start=1451
-  _globals['_BLOCKCOPY']._serialized_end=1488
-  _globals['_STEPREQUEST']._serialized_start=1491
-  _globals['_STEPREQUEST']._serialized_end=1676
-  _globals['_SEQOUTPUT']._serialized_start=1678
-  _globals['_SEQOUTPUT']._serialized_end=1780
-  _globals['_STEPRESPONSE']._serialized_start=1782
-  _globals['_STEPRESPONSE']._serialized_end=1856
-  _globals['_FREESEQUENCESREQUEST']._serialized_start=1858
-  _globals['_FREESEQUENCESREQUEST']._serialized_end=1897
-  _globals['_FREESEQUENCESRESPONSE']._serialized_start=1899
-  _globals['_FREESEQUENCESRESPONSE']._serialized_end=1937
-  _globals['_LOADADAPTERREQUEST']._serialized_start=1939
-  _globals['_LOADADAPTERREQUEST']._serialized_end=2006
-  _globals['_ADAPTERINFO']._serialized_start=2008
-  _globals['_ADAPTERINFO']._serialized_end=2085
-  _globals['_UNLOADADAPTERREQUEST']._serialized_start=2087
-  _globals['_UNLOADADAPTERREQUEST']._serialized_end=2123
-  _globals['_UNLOADADAPTERRESPONSE']._serialized_start=2125
-  _globals['_UNLOADADAPTERRESPONSE']._serialized_end=2166
-  _globals['_WORKER']._serialized_start=2425
-  _globals['_WORKER']._serialized_end=2842
+  _globals['_ENGINECONFIG']._serialized_end=655
+  _globals['_LOADMODELREQUEST']._serialized_start=657
+  _globals['_LOADMODELREQUEST']._serialized_end=715
+  _globals['_GETINFOREQUEST']._serialized_start=717
+  _globals['_GETINFOREQUEST']._serialized_end=733
+  _globals['_WORKERINFO']._serialized_start=736
+  _globals['_WORKERINFO']._serialized_end=1116
+  _globals['_NEWSEQUENCE']._serialized_start=1119
+  _globals['_NEWSEQUENCE']._serialized_end=1339
+  _globals['_SCHEDULEDSEQ']._serialized_start=1342
+  _globals['_SCHEDULEDSEQ']._serialized_end=1470
+  _globals['_BLOCKCOPY']._serialized_start=1472
+  _globals['_BLOCKCOPY']._serialized_end=1509
+  _globals['_STEPREQUEST']._serialized_start=1512
+  _globals['_STEPREQUEST']._serialized_end=1697
+  _globals['_SEQOUTPUT']._serialized_start=1699
+  _globals['_SEQOUTPUT']._serialized_end=1801
+  _globals['_STEPRESPONSE']._serialized_start=1803
+  _globals['_STEPRESPONSE']._serialized_end=1877
+  _globals['_FREESEQUENCESREQUEST']._serialized_start=1879
+  _globals['_FREESEQUENCESREQUEST']._serialized_end=1918
+  _globals['_FREESEQUENCESRESPONSE']._serialized_start=1920
+  _globals['_FREESEQUENCESRESPONSE']._serialized_end=1958
+  _globals['_LOADADAPTERREQUEST']._serialized_start=1960
+  _globals['_LOADADAPTERREQUEST']._serialized_end=2027
+  _globals['_ADAPTERINFO']._serialized_start=2029
+  _globals['_ADAPTERINFO']._serialized_end=2106
+  _globals['_UNLOADADAPTERREQUEST']._serialized_start=2108
+  _globals['_UNLOADADAPTERREQUEST']._serialized_end=2144
+  _globals['_UNLOADADAPTERRESPONSE']._serialized_start=2146
+  _globals['_UNLOADADAPTERRESPONSE']._serialized_end=2187
+  _globals['_WORKER']._serialized_start=2446
+  _globals['_WORKER']._serialized_end=2863
 # @@protoc_insertion_point(module_scope)

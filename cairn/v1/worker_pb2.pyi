@@ -33,7 +33,7 @@ KV_CACHE_DTYPE_INT8: KvCacheDtype
 KV_CACHE_DTYPE_FP8: KvCacheDtype
 
 class EngineConfig(_message.Message):
-    __slots__ = ("model", "dtype", "device", "device_index", "block_size", "gpu_memory_utilization", "num_blocks", "cpu_kv_cache_gb", "max_num_seqs", "max_num_batched_tokens", "max_model_len", "enforce_eager", "quantization", "kv_cache_dtype", "tensor_parallel_size", "seed", "max_loras", "max_lora_rank")
+    __slots__ = ("model", "dtype", "device", "device_index", "block_size", "gpu_memory_utilization", "num_blocks", "cpu_kv_cache_gb", "max_num_seqs", "max_num_batched_tokens", "max_model_len", "enforce_eager", "quantization", "kv_cache_dtype", "tensor_parallel_size", "seed", "max_loras", "max_lora_rank", "load_format")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     DTYPE_FIELD_NUMBER: _ClassVar[int]
     DEVICE_FIELD_NUMBER: _ClassVar[int]
@@ -52,6 +52,7 @@ class EngineConfig(_message.Message):
     SEED_FIELD_NUMBER: _ClassVar[int]
     MAX_LORAS_FIELD_NUMBER: _ClassVar[int]
     MAX_LORA_RANK_FIELD_NUMBER: _ClassVar[int]
+    LOAD_FORMAT_FIELD_NUMBER: _ClassVar[int]
     model: _common_pb2.ModelRef
     dtype: _common_pb2.DType
     device: _common_pb2.DeviceKind
@@ -70,7 +71,8 @@ class EngineConfig(_message.Message):
     seed: int
     max_loras: int
     max_lora_rank: int
-    def __init__(self, model: _Optional[_Union[_common_pb2.ModelRef, _Mapping]] = ..., dtype: _Optional[_Union[_common_pb2.DType, str]] = ..., device: _Optional[_Union[_common_pb2.DeviceKind, str]] = ..., device_index: _Optional[int] = ..., block_size: _Optional[int] = ..., gpu_memory_utilization: _Optional[float] = ..., num_blocks: _Optional[int] = ..., cpu_kv_cache_gb: _Optional[float] = ..., max_num_seqs: _Optional[int] = ..., max_num_batched_tokens: _Optional[int] = ..., max_model_len: _Optional[int] = ..., enforce_eager: _Optional[bool] = ..., quantization: _Optional[_Union[Quantization, str]] = ..., kv_cache_dtype: _Optional[_Union[KvCacheDtype, str]] = ..., tensor_parallel_size: _Optional[int] = ..., seed: _Optional[int] = ..., max_loras: _Optional[int] = ..., max_lora_rank: _Optional[int] = ...) -> None: ...
+    load_format: str
+    def __init__(self, model: _Optional[_Union[_common_pb2.ModelRef, _Mapping]] = ..., dtype: _Optional[_Union[_common_pb2.DType, str]] = ..., device: _Optional[_Union[_common_pb2.DeviceKind, str]] = ..., device_index: _Optional[int] = ..., block_size: _Optional[int] = ..., gpu_memory_utilization: _Optional[float] = ..., num_blocks: _Optional[int] = ..., cpu_kv_cache_gb: _Optional[float] = ..., max_num_seqs: _Optional[int] = ..., max_num_batched_tokens: _Optional[int] = ..., max_model_len: _Optional[int] = ..., enforce_eager: _Optional[bool] = ..., quantization: _Optional[_Union[Quantization, str]] = ..., kv_cache_dtype: _Optional[_Union[KvCacheDtype, str]] = ..., tensor_parallel_size: _Optional[int] = ..., seed: _Optional[int] = ..., max_loras: _Optional[int] = ..., max_lora_rank: _Optional[int] = ..., load_format: _Optional[str] = ...) -> None: ...
 
 class LoadModelRequest(_message.Message):
     __slots__ = ("config",)

@@ -112,6 +112,7 @@ def engine_config_from_proto(config: worker_pb2.EngineConfig) -> EngineConfig:
         seed=config.seed,
         quantization=_QUANTIZATIONS[config.quantization],
         kv_cache_dtype=_KV_CACHE_DTYPES[config.kv_cache_dtype],
+        load_format=config.load_format or "safetensors",
     )
 
 
@@ -136,6 +137,7 @@ def engine_config_to_proto(config: EngineConfig) -> worker_pb2.EngineConfig:
         seed=config.seed,
         quantization=quantizations[config.quantization],
         kv_cache_dtype=kv_cache_dtypes[config.kv_cache_dtype],
+        load_format=config.load_format,
     )
 
 
