@@ -295,9 +295,11 @@ class ModelRunner:
             problems.append(
                 (~sample | (counts != 1), "is not a sampled decode, which multi-step decode needs")
             )
-        for bad, message in problems:
-            if bad.any():
-                raise InvalidArgument(f"sequence {scheduled[int(np.argmax(bad))].seq_id} {message}")
+        # One reduction for the common case, a valid step; the loop only names what failed.
+        if np.logical_or.reduce([bad for bad, _ in problems]).any():
+            for bad, message in problems:
+                if bad.any():
+                    raise InvalidArgument(f"sequence {scheduled[int(np.argmax(bad))].seq_id} {message}")
         if (num_tokens := int(counts.sum())) > config.max_num_batched_tokens:
             limit = config.max_num_batched_tokens
             raise InvalidArgument(f"{num_tokens} tokens in one step; max_num_batched_tokens is {limit}")
