@@ -17,6 +17,7 @@ import triton
 import triton.language as tl
 
 from cairn.kernels.triton_ops.attention_tile import LOG2E, attend_tiles, dot_precision
+from cairn.kernels.triton_ops.scratch import scratch
 
 # Best of a sweep on an H200 at head_dim 128, GQA group 4 (bench/results/kernels.json).
 _BLOCK_N = 128
@@ -25,7 +26,6 @@ _NUM_STAGES = 2
 _MAX_SPLITS = 64
 # tl.dot needs at least 16 rows; the spare rows of a small group are masked.
 _MIN_ROWS = 16
-_ARRIVALS: dict[torch.device, torch.Tensor] = {}
 
 
 @triton.jit
@@ -252,7 +252,8 @@ def paged_decode_attention(
         part_acc = torch.empty((batch, n_heads, num_splits, head_dim), dtype=torch.float32, device=q.device)
         part_m = torch.empty((batch, n_heads, num_splits), dtype=torch.float32, device=q.device)
         part_l = torch.empty_like(part_m)
-        arrivals = _arrival_counts(q.device, batch * n_kv_heads)
+        # Zeroed once, then reset by each merge: one count per (sequence, kv head).
+        arrivals = scratch("decode_arrivals", q.device, batch * n_kv_heads, torch.int32, zeroed=True)
     else:
         part_acc = part_m = part_l = arrivals = out
     _decode_kernel[(batch, n_kv_heads, num_splits)](
@@ -300,16 +301,6 @@ def _default_num_splits(programs: int, device: torch.device) -> int:
     if programs >= processors:
         return 1
     return min(triton.next_power_of_2(triton.cdiv(2 * processors, programs)), _MAX_SPLITS)
-
-
-def _arrival_counts(device: torch.device, count: int) -> torch.Tensor:
-    """Zeroed int32 counters, one per (sequence, kv head), kept per device and reset by the
-    kernel after each merge; grown outside CUDA-graph capture, since graphs warm up at their
-    largest batch first."""
-    counts = _ARRIVALS.get(device)
-    if counts is None or counts.numel() < count:
-        counts = _ARRIVALS[device] = torch.zeros(max(count, 1024), dtype=torch.int32, device=device)
-    return counts
 
 
 @functools.cache

@@ -22,12 +22,11 @@ import triton.language as tl
 
 from cairn.kernels.triton_ops.attention_tile import dot_precision
 from cairn.kernels.triton_ops.decode import _processor_count
+from cairn.kernels.triton_ops.scratch import scratch
 
 MAX_ROWS = 16
 _BLOCK_NS = (32, 64, 128)
 _MAX_SPLIT = 16
-_WORKSPACE: dict[torch.device, torch.Tensor] = {}
-_ARRIVALS: dict[torch.device, torch.Tensor] = {}
 
 
 @triton.jit
@@ -158,8 +157,8 @@ def gemv(
     k_tiles = triton.cdiv(k, block_k)
     most_splits = max(max(split_choices(triton.cdiv(n, b), k_tiles, processors)) for b in _BLOCK_NS)
     most_splits = max(most_splits, split_k or 1)
-    part = _buffer(_WORKSPACE, x.device, most_splits * rows * n, torch.float32, zeroed=False)
-    arrivals = _buffer(_ARRIVALS, x.device, triton.cdiv(n, min(_BLOCK_NS)), torch.int32, zeroed=True)
+    part = scratch("gemv_partials", x.device, most_splits * rows * n, torch.float32, zeroed=False)
+    arrivals = scratch("gemv_arrivals", x.device, triton.cdiv(n, min(_BLOCK_NS)), torch.int32, zeroed=True)
     args = (x, weight, y, part, arrivals, rows, n, k, x.stride(0), weight.stride(0), y.stride(0))
     common = {"BLOCK_K": block_k, "BLOCK_M": MAX_ROWS, "DOT_PRECISION": dot_precision(x.dtype)}
     if block_n is None and split_k is None and x.device.type == "cuda":
@@ -175,19 +174,3 @@ def gemv(
         *args, split_k, BLOCK_N=block_n, **common, num_warps=4, num_stages=4
     )
     return y
-
-
-def _buffer(
-    cache: dict[torch.device, torch.Tensor],
-    device: torch.device,
-    count: int,
-    dtype: torch.dtype,
-    zeroed: bool,
-) -> torch.Tensor:
-    """A per-device scratch buffer of at least `count` elements, grown on warm-up calls (before
-    any CUDA-graph capture). The arrival counts start at zero and every merge resets its own."""
-    buffer = cache.get(device)
-    if buffer is None or buffer.numel() < count:
-        make = torch.zeros if zeroed else torch.empty
-        buffer = cache[device] = make(max(count, 1024), dtype=dtype, device=device)
-    return buffer

@@ -172,7 +172,7 @@ def test_prefill_attention(triton_ops, paged_context) -> None:
 def test_paged_decode_attention_merges_across_many_replays(triton_ops, paged_context) -> None:
     # Batch 1 splits over every multiprocessor and the last split to finish merges: a merge
     # that read a partial before it was visible, or a count not reset, would show in some replay.
-    from cairn.kernels.triton_ops import decode
+    from cairn.kernels.triton_ops.scratch import scratch
 
     ctx = paged_context([4096], N_KV_HEADS, HEAD_DIM, BLOCK_SIZE, BF16, "cuda", seed=18)
     q = _queries(1, seed=19)
@@ -187,7 +187,7 @@ def test_paged_decode_attention_merges_across_many_replays(triton_ops, paged_con
         seq_lens.fill_(length)
         graph.replay()
         assert_bf16_close(out, reference.paged_decode_attention(*args))
-    assert not decode._ARRIVALS[q.device].any()
+    assert not scratch("decode_arrivals", q.device, 0, torch.int32, zeroed=True).any()
 
 
 @pytest.mark.parametrize(
@@ -195,14 +195,14 @@ def test_paged_decode_attention_merges_across_many_replays(triton_ops, paged_con
 )
 def test_gemv_at_llama_8b_shapes(triton_ops, rows: int, n: int, k: int) -> None:
     # The autotuned path: tile widths and K splits chosen on this GPU, merged in one launch.
-    from cairn.kernels.triton_ops import skinny_gemm
+    from cairn.kernels.triton_ops.scratch import scratch
 
     x = _randn(rows, k, seed=20)
     weight = _randn(n, k, seed=21, scale=0.02)
     expected = torch.nn.functional.linear(x.float(), weight.float())
     for _ in range(3):
         assert_bf16_close(triton_ops.gemv(x, weight), expected.to(BF16))
-    assert not skinny_gemm._ARRIVALS[x.device].any()
+    assert not scratch("gemv_arrivals", x.device, 0, torch.int32, zeroed=True).any()
 
 
 def test_gemv_replays_in_a_cuda_graph(triton_ops) -> None:

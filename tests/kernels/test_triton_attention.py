@@ -38,7 +38,7 @@ def test_decode(triton_ops, device, paged_context, n_heads, n_kv_heads, block_si
 def test_decode_merges_many_splits_in_one_launch(triton_ops, device, paged_context, n_heads, n_kv_heads):
     # With 8 splits of whole 128-key tiles, 700 keys occupy 6 splits, 300 keys 3 and 128 keys
     # one (no merge); the last split of each (sequence, kv head) to finish merges them.
-    from cairn.kernels.triton_ops import decode
+    from cairn.kernels.triton_ops.scratch import scratch
 
     context_lens = [700, 300, 0, 128, 129]
     ctx = paged_context(context_lens, n_kv_heads, 16, 16, torch.float32, device, seed=8)
@@ -49,7 +49,7 @@ def test_decode_merges_many_splits_in_one_launch(triton_ops, device, paged_conte
         out = triton_ops.paged_decode_attention(*args, num_splits=8)
         torch.testing.assert_close(out, expected, **TOL)
         # Each merge resets its arrival count, so the next launch (or graph replay) starts at zero.
-        assert not decode._ARRIVALS[q.device].any()
+        assert not scratch("decode_arrivals", q.device, 0, torch.int32, zeroed=True).any()
 
 
 def test_decode_head_dim_not_power_of_two(triton_ops, device, paged_context) -> None:

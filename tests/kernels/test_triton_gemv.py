@@ -21,7 +21,7 @@ def _randn(*shape: int, seed: int, device: torch.device) -> torch.Tensor:
 @pytest.mark.parametrize(("block_n", "split_k"), [(32, 1), (64, 2), (32, 4)])
 def test_gemv_matches_matmul(triton_ops, device, rows: int, n: int, k: int, block_n: int, split_k: int):
     # K = 300 leaves a partial 128-wide tile, and with 4 splits of 128 one split is empty.
-    from cairn.kernels.triton_ops import skinny_gemm
+    from cairn.kernels.triton_ops.scratch import scratch
 
     x = _randn(rows, k, seed=1, device=device)
     weight = _randn(n, k, seed=2, device=device)
@@ -29,7 +29,7 @@ def test_gemv_matches_matmul(triton_ops, device, rows: int, n: int, k: int, bloc
     assert out.shape == (rows, n) and out.dtype == x.dtype
     torch.testing.assert_close(out, x @ weight.T, **TOL)
     # Every split's merge reset its tile's arrival count for the next launch.
-    assert not skinny_gemm._ARRIVALS[x.device].any()
+    assert not scratch("gemv_arrivals", x.device, 0, torch.int32, zeroed=True).any()
 
 
 def test_gemv_strided_rows_and_row_limit(triton_ops, device) -> None:
@@ -74,3 +74,17 @@ def test_linear_takes_the_gemv_only_when_switched_on(accelerator, monkeypatch, t
         with cairn.kernels.force_reference():
             cairn.kernels.linear(x, weight)
     assert calls == [(4, 32)]
+
+
+def test_scratch_buffers_grow_without_freeing_what_graphs_captured() -> None:
+    from cairn.kernels.triton_ops import scratch as module
+
+    first = module.scratch("test_growth", torch.device("cpu"), 10, torch.int32, zeroed=True)
+    assert first.numel() >= 10 and not first.any()
+    assert module.scratch("test_growth", torch.device("cpu"), 5, torch.int32, zeroed=True) is first
+    address = first.data_ptr()
+    del first
+    grown = module.scratch("test_growth", torch.device("cpu"), 4096, torch.int32, zeroed=True)
+    assert grown.numel() >= 4096
+    # The old allocation is still held: a graph captured with it keeps a valid address.
+    assert address in {buffer.data_ptr() for buffer in module._RETIRED}
