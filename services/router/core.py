@@ -83,7 +83,7 @@ class RouterCore:
         self.gate = gate or AdmissionGate(max_running=1024, max_queue=1024)
         self.request_timeout_s = request_timeout_s
         self._fingerprint = system_fingerprint
-        self._aborts: set[asyncio.Task[object]] = set()
+        self._aborts: set[asyncio.Future[object]] = set()
 
     async def close(self) -> None:
         if self._aborts:
@@ -135,6 +135,7 @@ class RouterCore:
         self, request: inference_pb2.GenerateRequest, *, deadline: float, stream: bool = False
     ) -> AsyncIterator[Generation]:
         """A completion of a text or token-id prompt; iterate `steps()` or await `collect()` inside."""
+        started = time.monotonic()
         _check_counts(request.options, stream)
         target = await self.table.resolve(request.model)
         async with self.gate.slot(_remaining(deadline)):
@@ -161,7 +162,9 @@ class RouterCore:
             else:
                 raise InvalidArgument("give the prompt as text or as token_ids")
             spec = self._spec(target, prompt_ids, request.options, echo=request.echo, echo_text=echo_text)
-            generation = Generation(spec, self.table, self.detokenizer, deadline=deadline, abort=self._abort)
+            generation = Generation(
+                spec, self.table, self.detokenizer, deadline=deadline, abort=self._abort, started=started
+            )
             try:
                 yield generation
             finally:
@@ -172,6 +175,7 @@ class RouterCore:
         self, request: inference_pb2.ChatRequest, *, deadline: float, stream: bool = False
     ) -> AsyncIterator[ChatGeneration]:
         """An answer to a conversation, tool calls included; iterate `steps()` or await `collect()` inside."""
+        started = time.monotonic()
         _check_counts(request.options, stream)
         choice = request.tool_choice.WhichOneof("choice")
         policy = tool_policy(
@@ -190,7 +194,9 @@ class RouterCore:
             )
             [encoding] = await _within(self.tokenizer.encode(target.tokenizer_model, [chat]), deadline)
             spec = self._spec(target, encoding.token_ids, request.options)
-            generation = Generation(spec, self.table, self.detokenizer, deadline=deadline, abort=self._abort)
+            generation = Generation(
+                spec, self.table, self.detokenizer, deadline=deadline, abort=self._abort, started=started
+            )
             try:
                 yield ChatGeneration(generation, policy)
             finally:
@@ -268,7 +274,7 @@ class RouterCore:
         task.add_done_callback(self._abort_done)
 
     def _abort_done(self, task: asyncio.Future[object]) -> None:
-        self._aborts.discard(task)  # type: ignore[arg-type]
+        self._aborts.discard(task)
         if not task.cancelled() and task.exception() is not None:
             logger.info("abort not delivered: %s", task.exception())
 

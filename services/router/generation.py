@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 
 import grpc
@@ -158,9 +158,8 @@ class Generation:
         self._model = spec.target.tokenizer_model
         self.cached_prompt_tokens = 0
         self.prompt_tokens: list[common_pb2.Token] = []
-        self.replica: Replica | None = None
         self._last_chunk: float | None = None
-        self._active: AsyncIterator[list[SeqChunk]] | None = None
+        self._active: AsyncGenerator[list[SeqChunk], None] | None = None
 
     @property
     def usage(self) -> Usage:
@@ -178,7 +177,7 @@ class Generation:
     async def close(self) -> None:
         """End the generation wherever it stands (aborting it in the scheduler if still running)."""
         if self._active is not None:
-            await self._active.aclose()  # type: ignore[attr-defined]
+            await self._active.aclose()
 
     async def collect(self) -> list[FinishedSeq]:
         """Run to the end; the n best sequences (by cumulative logprob when best_of > n), by index."""
@@ -192,7 +191,7 @@ class Generation:
             for i, s in enumerate(seqs)
         ]
 
-    async def _steps(self) -> AsyncIterator[list[SeqChunk]]:
+    async def _steps(self) -> AsyncGenerator[list[SeqChunk], None]:
         model = self.spec.target.name
         outcome = "error"
         try:
@@ -255,7 +254,6 @@ class Generation:
         tried: list[Replica] = []
         while True:
             replica = self._table.choose(self.spec.target, self.spec.prompt_ids, exclude=tried)
-            self.replica = replica
             with self._table.lease(replica):
                 call = replica.stub.Generate(self.spec.schedule, timeout=self._remaining())
                 received, done = False, False

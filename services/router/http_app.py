@@ -21,7 +21,7 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
+from collections.abc import AsyncGenerator, Callable, Sequence
 from contextlib import AsyncExitStack
 from typing import Any, TypeVar
 
@@ -189,16 +189,16 @@ def _install_error_handlers(app: FastAPI) -> None:
         return JSONResponse(fmt.error_body(500, message), status_code=500)
 
 
-async def _merge(streams: Sequence[AsyncIterator[T]]) -> AsyncIterator[T]:
-    """Items of several async iterators as they come."""
+async def _merge(streams: Sequence[AsyncGenerator[T, None]]) -> AsyncGenerator[T, None]:
+    """Items of several async generators as they come."""
     if len(streams) == 1:
-        async with contextlib.aclosing(streams[0]) as only:  # type: ignore[type-var]
+        async with contextlib.aclosing(streams[0]) as only:
             async for item in only:
                 yield item
         return
     queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
 
-    async def pump(stream: AsyncIterator[T]) -> None:
+    async def pump(stream: AsyncGenerator[T, None]) -> None:
         try:
             async for item in stream:
                 queue.put_nowait(("item", item))
@@ -246,7 +246,9 @@ def _completion_choice(
     }
 
 
-async def _completion_choices(generation: Generation, base: int, logprobs: bool) -> AsyncIterator[list[dict]]:
+async def _completion_choices(
+    generation: Generation, base: int, logprobs: bool
+) -> AsyncGenerator[list[dict], None]:
     """Stream choices of one prompt; the echo goes out with the first chunk (prompt logprobs known)."""
     spec = generation.spec
     offsets = dict.fromkeys(range(spec.n), 0)
@@ -272,7 +274,7 @@ async def _completion_choices(generation: Generation, base: int, logprobs: bool)
 
 async def _chat_choices(
     chat: ChatGeneration, logprobs: bool, parallel_tool_calls: bool
-) -> AsyncIterator[list[dict]]:
+) -> AsyncGenerator[list[dict], None]:
     async for chunks in chat.steps():
         out = []
         for c in chunks:
@@ -327,14 +329,14 @@ def create_app(core: RouterCore, *, is_serving: Callable[[], bool] = lambda: Tru
         rid: str,
         model: str,
         fingerprint: str,
-        choices: AsyncIterator[list[dict]],
+        choices: AsyncGenerator[list[dict], None],
         usage: Callable[[], Any] | None,
     ) -> EventStream:
         created = int(time.time())
 
         async def events() -> AsyncGenerator[bytes, None]:
             try:
-                async with stack, contextlib.aclosing(choices) as chunks:  # type: ignore[type-var]
+                async with stack, contextlib.aclosing(choices) as chunks:
                     async for out in chunks:
                         body = fmt.envelope(kind, rid, created, model, fingerprint, out)
                         if usage is not None:

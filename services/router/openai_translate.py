@@ -8,7 +8,6 @@ once, in `RouterCore`, for both APIs alike.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
 
 from cairn.common.errors import InvalidArgument
 from cairn.services.worker.sampling_params import MAX_LOGPROBS
@@ -103,15 +102,13 @@ def completion_requests(body: CompletionRequest) -> list[inference_pb2.GenerateR
     return requests
 
 
-def _prompts(prompt: str | list[str] | list[int] | list[list[int]]) -> Sequence[str | list[int]]:
+def _prompts(prompt: str | list[str] | list[int] | list[list[int]]) -> list[str | list[int]]:
     if isinstance(prompt, str):
         return [prompt]
     if not prompt:
         raise BadParam("prompt", "prompt is an empty list; give text, token ids or a list of either")
-    if all(isinstance(p, int) for p in prompt):
-        prompts: list[str | list[int]] = [list(prompt)]  # type: ignore[arg-type]
-    else:
-        prompts = list(prompt)  # type: ignore[arg-type]
+    # One list of ids is one prompt; otherwise every item is a prompt.
+    prompts: list[str | list[int]] = [prompt] if isinstance(prompt[0], int) else list(prompt)
     for i, p in enumerate(prompts):
         if isinstance(p, list):
             if not p:
