@@ -1,7 +1,9 @@
 """Per-token (dynamic) or per-tensor (static) quantization of activations to INT8 or FP8.
 
 One program per row: a pass for the row's absolute maximum (dynamic only),
-then a pass writing codes, both in column chunks so any width fits.
+then a pass writing codes, both in column chunks so any width fits. Divisions
+round to nearest (`div_rn`; a GPU's `/` is approximate), so the codes are the
+reference's bit for bit.
 """
 
 from __future__ import annotations
@@ -39,13 +41,13 @@ def _quantize_rows_kernel(
             cols = start + tl.arange(0, BLOCK)
             x = tl.load(x_row + cols, mask=cols < n_cols, other=0.0).to(tl.float32)
             peak = tl.maximum(peak, tl.abs(x))
-        scale = tl.maximum(tl.max(peak, axis=0) / QMAX, MIN_SCALE)
+        scale = tl.maximum(tl.math.div_rn(tl.max(peak, axis=0), QMAX), MIN_SCALE)
         tl.store(scale_ptr + row, scale)
     for start in range(0, n_cols, BLOCK):
         cols = start + tl.arange(0, BLOCK)
         mask = cols < n_cols
         x = tl.load(x_row + cols, mask=mask, other=0.0).to(tl.float32)
-        tl.store(codes_ptr + row * stride_codes + cols, to_codes(x / scale, IS_FP8), mask=mask)
+        tl.store(codes_ptr + row * stride_codes + cols, to_codes(tl.math.div_rn(x, scale), IS_FP8), mask=mask)
 
 
 def quantize_activations(

@@ -35,12 +35,13 @@ def _store_quantized_heads(
     mask = head_mask[:, None] & (dims[None, :] < head_dim)
     values = tl.load(src_ptr + heads[:, None] * stride_src_head + dims[None, :], mask=mask, other=0.0)
     values = values.to(tl.float32)
+    # Divisions round to nearest (a GPU's `/` is approximate), so codes match the reference exactly.
     if STATIC:
-        codes = to_codes(values / tl.load(scale_ptr), IS_FP8)
+        codes = to_codes(tl.math.div_rn(values, tl.load(scale_ptr)), IS_FP8)
     else:
-        scale = tl.maximum(tl.max(tl.abs(values), axis=1) / QMAX, MIN_SCALE)
+        scale = tl.maximum(tl.math.div_rn(tl.max(tl.abs(values), axis=1), QMAX), MIN_SCALE)
         tl.store(scale_ptr + heads, scale, mask=head_mask)
-        codes = to_codes(values / scale[:, None], IS_FP8)
+        codes = to_codes(tl.math.div_rn(values, scale[:, None]), IS_FP8)
     tl.store(dst_ptr + heads[:, None] * stride_dst_head + dims[None, :], codes, mask=mask)
 
 
