@@ -19,7 +19,7 @@ import math
 import time
 import uuid
 from collections.abc import AsyncIterator, Coroutine, Sequence
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from importlib import metadata
 from typing import TypeVar
@@ -135,40 +135,58 @@ class RouterCore:
         self, request: inference_pb2.GenerateRequest, *, deadline: float, stream: bool = False
     ) -> AsyncIterator[Generation]:
         """A completion of a text or token-id prompt; iterate `steps()` or await `collect()` inside."""
+        async with self.generate_all([request], deadline=deadline, stream=stream) as [generation]:
+            yield generation
+
+    @asynccontextmanager
+    async def generate_all(
+        self, requests: Sequence[inference_pb2.GenerateRequest], *, deadline: float, stream: bool = False
+    ) -> AsyncIterator[list[Generation]]:
+        """The completions of several prompts of one call (OpenAI's prompt lists).
+
+        They share one running slot: a batch taking a slot per prompt could
+        wait forever for slots its own other prompts hold.
+        """
         started = time.monotonic()
-        _check_counts(request.options, stream)
-        target = await self.table.resolve(request.model)
-        async with self.gate.slot(_remaining(deadline)):
-            which = request.WhichOneof("prompt")
-            if which == "text":
-                [encoding] = await _within(
-                    self.tokenizer.encode(target.tokenizer_model, [request.text]), deadline
+        for request in requests:
+            _check_counts(request.options, stream)
+        targets = [await self.table.resolve(r.model) for r in requests]
+        async with AsyncExitStack() as stack:
+            await stack.enter_async_context(self.gate.slot(_remaining(deadline)))
+            generations = []
+            for request, target in zip(requests, targets, strict=True):
+                spec = await self._completion_spec(request, target, deadline)
+                generation = Generation(
+                    spec, self.table, self.detokenizer, deadline=deadline, abort=self._abort, started=started
                 )
-                prompt_ids = encoding.token_ids
-                echo_text = request.text
-            elif which == "token_ids":
-                prompt_ids = list(request.token_ids.ids)
-                _check_token_ids(prompt_ids, target)
-                echo_text = ""
-                if request.echo:
-                    echo_text = await _within(
-                        self.tokenizer.decode(
-                            target.tokenizer_model,
-                            prompt_ids,
-                            skip_special_tokens=_skip_special(request.options),
-                        ),
-                        deadline,
-                    )
-            else:
-                raise InvalidArgument("give the prompt as text or as token_ids")
-            spec = self._spec(target, prompt_ids, request.options, echo=request.echo, echo_text=echo_text)
-            generation = Generation(
-                spec, self.table, self.detokenizer, deadline=deadline, abort=self._abort, started=started
+                stack.push_async_callback(generation.close)
+                generations.append(generation)
+            yield generations
+
+    async def _completion_spec(
+        self, request: inference_pb2.GenerateRequest, target: Target, deadline: float
+    ) -> GenerationSpec:
+        which = request.WhichOneof("prompt")
+        if which == "text":
+            [encoding] = await _within(
+                self.tokenizer.encode(target.tokenizer_model, [request.text]), deadline
             )
-            try:
-                yield generation
-            finally:
-                await generation.close()
+            return self._spec(
+                target, encoding.token_ids, request.options, echo=request.echo, echo_text=request.text
+            )
+        if which != "token_ids":
+            raise InvalidArgument("give the prompt as text or as token_ids")
+        prompt_ids = list(request.token_ids.ids)
+        if not prompt_ids:
+            raise InvalidArgument("token_ids is empty; give at least one token")
+        _check_token_ids(prompt_ids, target)
+        echo_text = ""
+        if request.echo:
+            decode = self.tokenizer.decode(
+                target.tokenizer_model, prompt_ids, skip_special_tokens=_skip_special(request.options)
+            )
+            echo_text = await _within(decode, deadline)
+        return self._spec(target, prompt_ids, request.options, echo=request.echo, echo_text=echo_text)
 
     @asynccontextmanager
     async def chat(

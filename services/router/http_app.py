@@ -363,8 +363,8 @@ def create_app(core: RouterCore, *, is_serving: Callable[[], bool] = lambda: Tru
         deadline = core.deadline(None)
         rid = f"cmpl-{uuid.uuid4().hex}"
         stack = AsyncExitStack()
-        opening = [core.generate(r, deadline=deadline, stream=body.stream) for r in requests]
-        generations: list[Generation] = await until_disconnected(request.receive, open_all(stack, opening))
+        opening = [core.generate_all(requests, deadline=deadline, stream=body.stream)]
+        [generations] = await until_disconnected(request.receive, open_all(stack, opening))
         fingerprint = core.fingerprint(generations[0].spec.target)
         logprobs = body.logprobs is not None
         n = generations[0].spec.n

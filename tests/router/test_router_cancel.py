@@ -147,6 +147,9 @@ def test_overloaded_router_answers_429_and_resource_exhausted_then_recovers(tigh
 
     with httpx.Client(base_url=tight.http_url, timeout=60) as http:
         assert http.post("/v1/completions", json={**LONG, "max_tokens": 4}).status_code == 200
+        # The prompts of one call share its slot, so a batch never waits for itself.
+        batch = http.post("/v1/completions", json={**LONG, "prompt": ["a", "b", "c"], "max_tokens": 4})
+        assert batch.status_code == 200 and len(batch.json()["choices"]) == 3
     assert_clean(tight)
 
 
