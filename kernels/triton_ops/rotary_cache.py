@@ -38,7 +38,7 @@ def _rotate_heads(
     BLOCK_HALF: tl.constexpr,
 ):
     """Rotates n_heads contiguous heads at x_ptr (+ bias) into out_ptr's heads."""
-    half: tl.constexpr = HEAD_DIM // 2
+    half = HEAD_DIM // 2
     heads = tl.arange(0, BLOCK_H)[:, None]
     dims = tl.arange(0, BLOCK_HALF)[None, :]
     mask = (heads < n_heads) & (dims < half)
@@ -81,7 +81,7 @@ def _rotary_cache_kernel(
     BLOCK_D: tl.constexpr,
 ):
     token = tl.program_id(0).to(tl.int64)
-    half: tl.constexpr = HEAD_DIM // 2
+    half = HEAD_DIM // 2
     position = tl.load(positions_ptr + token).to(tl.int64)
     dims = tl.arange(0, BLOCK_HALF)
     row = rope_ptr + position * stride_rope
