@@ -18,13 +18,10 @@ from typing import Any
 
 import pytest
 import torch
-from quant_harness import ServiceThread, spec
+from quant_harness import CALIBRATION, EVALUATION, ServiceThread, spec
 
 from cairn.services.quantizer.plan import plan_from_spec
 from cairn.services.quantizer.quantize import Outcome, quantize
-
-CALIBRATION = {"num_samples": 8, "seq_len": 64}
-EVALUATION = {"num_samples": 4, "seq_len": 64}
 
 ArtifactFactory = Callable[..., Outcome]
 

@@ -28,6 +28,9 @@ from cairn.services.worker.step import NewSequence, ScheduledSeq, StepInput
 from cairn.v1 import quantizer_pb2
 
 BLOCK_SIZE = 4
+# Calibration and evaluation sets small enough for the CPU suite.
+CALIBRATION = {"num_samples": 8, "seq_len": 64}
+EVALUATION = {"num_samples": 4, "seq_len": 64}
 LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 

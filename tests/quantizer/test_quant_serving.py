@@ -15,7 +15,16 @@ from pathlib import Path
 
 import pytest
 import torch
-from quant_harness import community_checkpoint, dequantized_twin, make_runner, prompts, teacher_forced_logits
+from quant_harness import (
+    CALIBRATION,
+    EVALUATION,
+    community_checkpoint,
+    dequantized_twin,
+    make_runner,
+    prompts,
+    spec,
+    teacher_forced_logits,
+)
 
 from cairn.common.errors import InvalidArgument
 from cairn.services.worker.kv_cache import block_bytes
@@ -161,3 +170,26 @@ def test_incomplete_quantized_checkpoint(artifact, tmp_path) -> None:
         InvalidArgument, match=r"model.layers.1.mlp.down_proj is incomplete: it lacks \['weight_scale'\]"
     ):
         make_runner(broken)
+
+
+@pytest.mark.parametrize("quant_type", ["awq", "smooth_quant"])
+def test_qwen2_with_qkv_bias_and_tied_embeddings(tiny_model_factory, calibration_file, tmp_path, quant_type):
+    """Smoothing scales fold into norms and biased projections; the tied head stays the embedding."""
+    from cairn.services.quantizer.plan import plan_from_spec
+    from cairn.services.quantizer.quantize import quantize
+
+    source = tiny_model_factory(arch="qwen2")
+    fields = {"calibration": {"dataset_uri": str(calibration_file), **CALIBRATION}, "eval": EVALUATION}
+    plan = plan_from_spec(
+        spec(str(source), quant_type, group_size=32 if quant_type == "awq" else 0, **fields)
+    )
+    cpu = torch.device("cpu")
+    out = quantize(
+        plan, source, tmp_path / "out", fetch=Path, device=cpu, report=lambda *_: None, lineage={}
+    ).directory
+    vocab = json.loads((source / "config.json").read_text())["vocab_size"]
+    batch = prompts(vocab, count=2, length=9, seed=4)
+    runner = make_runner(out)
+    assert runner.model.lm_head.weight is runner.model.model.embed_tokens.weight
+    expected = teacher_forced_logits(make_runner(dequantized_twin(out, tmp_path / "dense")), batch, 5)
+    _close(teacher_forced_logits(runner, batch, 5), expected, 1e-5 if quant_type == "awq" else 0.08)
