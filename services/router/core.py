@@ -161,6 +161,7 @@ class RouterCore:
                 )
                 stack.push_async_callback(generation.close)
                 generations.append(generation)
+                _log_request("generate", spec, request.options.user)
             yield generations
 
     async def _completion_spec(
@@ -212,6 +213,7 @@ class RouterCore:
             )
             [encoding] = await _within(self.tokenizer.encode(target.tokenizer_model, [chat]), deadline)
             spec = self._spec(target, encoding.token_ids, request.options)
+            _log_request("chat", spec, request.options.user)
             generation = Generation(
                 spec, self.table, self.detokenizer, deadline=deadline, abort=self._abort, started=started
             )
@@ -295,6 +297,16 @@ class RouterCore:
         self._aborts.discard(task)
         if not task.cancelled() and task.exception() is not None:
             logger.info("abort not delivered: %s", task.exception())
+
+
+def _log_request(kind: str, spec: GenerationSpec, user: str) -> None:
+    logger.debug(
+        "%s %s on %s",
+        kind,
+        spec.request_id,
+        spec.target.name,
+        extra={"scheduler_request_id": spec.request_id, "user": user, "prompt_tokens": len(spec.prompt_ids)},
+    )
 
 
 def _skip_special(options: inference_pb2.GenerationOptions) -> bool:

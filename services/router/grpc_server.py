@@ -3,7 +3,8 @@
 The API key comes from the `authorization` metadata ("Bearer KEY"), the
 deadline from the call's own. A client that cancels or disconnects cancels
 the handler's task, and with it the scheduler call (see `generation`).
-RESOURCE_EXHAUSTED carries the seconds to wait in the `retry-after` trailer.
+RESOURCE_EXHAUSTED (the router's or a scheduler's) carries the seconds to wait
+in the `retry-after` trailer.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from contextlib import asynccontextmanager
 
 import grpc.aio
 
+from cairn.common.errors import ResourceExhausted
 from cairn.v1 import inference_pb2, inference_pb2_grpc
 
 from . import convert
@@ -26,8 +28,9 @@ SERVICE_NAME = inference_pb2.DESCRIPTOR.services_by_name["Inference"].full_name
 async def _retry_hint(context: grpc.aio.ServicerContext) -> AsyncIterator[None]:
     try:
         yield
-    except RetryLater as e:
-        context.set_trailing_metadata((("retry-after", e.retry_after_header),))
+    except ResourceExhausted as e:
+        hint = e.retry_after_header if isinstance(e, RetryLater) else "1"
+        context.set_trailing_metadata((("retry-after", hint),))
         raise
 
 

@@ -33,7 +33,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from cairn.common.errors import CairnError, Unauthenticated
+from cairn.common.errors import CairnError, ResourceExhausted, Unauthenticated
 from cairn.common.request_id import REQUEST_ID_HEADER, accept_request_id, new_request_id, request_id_var
 
 from . import metrics
@@ -128,8 +128,9 @@ class _RequestIds:
 
 def _error_response(error: CairnError) -> JSONResponse:
     headers = {}
-    if isinstance(error, RetryLater):
-        headers["Retry-After"] = error.retry_after_header
+    if isinstance(error, ResourceExhausted):
+        # A scheduler's full queue is passed on with the same hint as the router's own.
+        headers["Retry-After"] = error.retry_after_header if isinstance(error, RetryLater) else "1"
     if isinstance(error, Unauthenticated):
         headers["WWW-Authenticate"] = "Bearer"
     return JSONResponse(fmt.cairn_error_body(error), status_code=error.http_status, headers=headers)
