@@ -26,8 +26,9 @@ _MIN_ROWS = 16
 @triton.jit
 def _load_dequantized(
     cache_head_ptr, scale_head_ptr, blocks, slots, stride_block, stride_slot,
-    stride_scale_block, stride_scale_slot, dims, load_mask, valid, DTYPE: tl.constexpr,
+    stride_scale_block, stride_scale_slot, dims, load_mask, valid,
 ):  # fmt: skip
+    """fp32 values of a tile of keys or values: codes times their (per-slot or broadcast) scale."""
     codes = tl.load(
         cache_head_ptr + (blocks * stride_block + slots * stride_slot)[:, None] + dims[None, :],
         mask=load_mask,
@@ -36,7 +37,7 @@ def _load_dequantized(
     scale = tl.load(
         scale_head_ptr + blocks * stride_scale_block + slots * stride_scale_slot, mask=valid, other=0.0
     )
-    return (codes.to(tl.float32) * scale[:, None]).to(DTYPE)
+    return codes.to(tl.float32) * scale[:, None]
 
 
 @triton.jit
@@ -56,8 +57,8 @@ def _attend_quant_tiles(
         load_mask = valid[:, None] & dim_mask[None, :]
         k = _load_dequantized(
             k_head_ptr, ks_head_ptr, blocks, slots, stride_block, stride_slot,
-            stride_scale_block, stride_scale_slot, dims, load_mask, valid, q.dtype,
-        )  # fmt: skip
+            stride_scale_block, stride_scale_slot, dims, load_mask, valid,
+        ).to(q.dtype)  # fmt: skip
         scores = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * scale_log2e
         visible = valid[None, :] & (key_pos[None, :] <= query_pos[:, None])
         scores = tl.where(visible, scores, float("-inf"))
@@ -69,8 +70,8 @@ def _attend_quant_tiles(
         l_i = l_i * alpha + tl.sum(p, axis=1)
         v = _load_dequantized(
             v_head_ptr, vs_head_ptr, blocks, slots, stride_block, stride_slot,
-            stride_scale_block, stride_scale_slot, dims, load_mask, valid, q.dtype,
-        )  # fmt: skip
+            stride_scale_block, stride_scale_slot, dims, load_mask, valid,
+        ).to(q.dtype)  # fmt: skip
         acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
         m_i = m_new
     return acc, m_i, l_i
