@@ -97,11 +97,13 @@ def http_sender(
 ) -> tuple[Send, Callable[[], Awaitable[None]]]:
     import httpx2 as httpx
 
-    client = httpx.AsyncClient(
-        base_url=base_url,
-        timeout=httpx.Timeout(3600.0),
-        limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
+    limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
+    # Without TCP_NODELAY the request body waits for the server's delayed ACK of the headers (~40 ms
+    # on Linux), which would be charged to the server's time to first token.
+    transport = httpx.AsyncHTTPTransport(
+        limits=limits, socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)]
     )
+    client = httpx.AsyncClient(base_url=base_url, timeout=httpx.Timeout(3600.0), transport=transport)
 
     async def send(prompt: list[int], output_len: int) -> Outcome:
         body = {
