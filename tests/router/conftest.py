@@ -19,16 +19,21 @@ from typing import Any
 
 import grpc
 import pytest
-from router_harness import InProcessScheduler, LoopThread, Router, Served, start_router
+from router_harness import (
+    CONTEXT,
+    SHORT_CONTEXT,
+    InProcessScheduler,
+    LoopThread,
+    Router,
+    Served,
+    scheduler_config,
+    start_router,
+)
 
 from cairn.services.scheduler.server import scheduler_services
-from cairn.services.scheduler.service_config import SchedulerServiceConfig
 from cairn.services.tokenizer.config import TokenizerConfig
 from cairn.services.tokenizer.server import tokenizer_services
 from cairn.v1 import inference_pb2_grpc
-
-CONTEXT = 2048
-SHORT_CONTEXT = 128
 
 
 @pytest.fixture(scope="session")
@@ -56,25 +61,6 @@ def tokenizer_service(
     served.stop()
     # The tokenizer server froze the session's objects out of the cyclic GC; other suites need it back.
     gc.unfreeze()
-
-
-def scheduler_config(model: Path, deployment: str, context: int, **overrides: Any) -> SchedulerServiceConfig:
-    settings: dict[str, Any] = {
-        "model": str(model),
-        "deployment": deployment,
-        "device": "cpu",
-        "dtype": "float32",
-        "block_size": 16,
-        "max_model_len": context,
-        "max_num_seqs": 32,
-        "max_num_batched_tokens": 512,
-        "num_blocks": 1024,
-        "num_workers": 1,
-        "port": 0,
-        "metrics_port": 0,
-        "log_level": "WARNING",
-    }
-    return SchedulerServiceConfig(**(settings | overrides))
 
 
 @pytest.fixture(scope="session")

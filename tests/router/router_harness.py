@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable, Coroutine
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 
 import grpc
@@ -28,6 +29,11 @@ from cairn.services.scheduler.service_config import SchedulerServiceConfig
 from cairn.v1 import inference_pb2_grpc, scheduler_pb2, scheduler_pb2_grpc
 
 R = TypeVar("R")
+
+# Deployment "tiny": room for requests still running when a test disconnects or overloads.
+CONTEXT = 2048
+# Deployment "tiny-short": generations stay short whatever a fuzzer asks for.
+SHORT_CONTEXT = 128
 
 
 class LoopThread:
@@ -117,6 +123,25 @@ class Router:
     def stop(self) -> None:
         self.loop.run(self.running.stop(None))
         self.loop.run(self.runtime.close())
+
+
+def scheduler_config(model: Path, deployment: str, context: int, **overrides: Any) -> SchedulerServiceConfig:
+    settings: dict[str, Any] = {
+        "model": str(model),
+        "deployment": deployment,
+        "device": "cpu",
+        "dtype": "float32",
+        "block_size": 16,
+        "max_model_len": context,
+        "max_num_seqs": 32,
+        "max_num_batched_tokens": 512,
+        "num_blocks": 1024,
+        "num_workers": 1,
+        "port": 0,
+        "metrics_port": 0,
+        "log_level": "WARNING",
+    }
+    return SchedulerServiceConfig(**(settings | overrides))
 
 
 def start_router(loop: LoopThread, **settings: Any) -> Router:

@@ -11,7 +11,16 @@ from typing import Any
 import grpc
 import httpx2 as httpx
 import pytest
-from router_harness import InProcessScheduler, LoopThread, Router, scheduler_stats, start_router, wait_idle
+from router_harness import (
+    SHORT_CONTEXT,
+    InProcessScheduler,
+    LoopThread,
+    Router,
+    scheduler_config,
+    scheduler_stats,
+    start_router,
+    wait_idle,
+)
 
 from cairn.common.errors import NotFound, Unavailable
 from cairn.services.router.prefix_affinity import PrefixAffinity, prompt_block_hashes
@@ -132,8 +141,6 @@ def test_shared_prefixes_meet_on_one_replica_and_hit_its_cache(
 
 @pytest.fixture
 def spare(loop: LoopThread, tiny_model_dir: Path) -> Iterator[InProcessScheduler]:
-    from conftest import SHORT_CONTEXT, scheduler_config
-
     scheduler = InProcessScheduler(
         loop, scheduler_config(tiny_model_dir, "tiny-short", SHORT_CONTEXT, num_blocks=64)
     )
