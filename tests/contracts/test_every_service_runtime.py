@@ -26,6 +26,9 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from cairn.v1 import (
     common_pb2,
+    inference_pb2,
+    inference_pb2_grpc,
+    quantizer_pb2_grpc,
     registry_pb2,
     registry_pb2_grpc,
     scheduler_pb2,
@@ -100,6 +103,23 @@ CASES = [
             common_pb2.JobId(job_id="no-such-job"), metadata=md
         ),
         grpc.StatusCode.NOT_FOUND,
+    ),
+    ServiceCase(
+        "quantizer",
+        "cairn.v1.Quantizer",
+        lambda ch, md: quantizer_pb2_grpc.QuantizerStub(ch).GetJob(
+            common_pb2.JobId(job_id="no-such-job"), metadata=md
+        ),
+        grpc.StatusCode.NOT_FOUND,
+    ),
+    ServiceCase(
+        "router",
+        "cairn.v1.Inference",
+        lambda ch, md: inference_pb2_grpc.InferenceStub(ch).Generate(
+            inference_pb2.GenerateRequest(model="no-such-model", text="hi"), metadata=md
+        ),
+        grpc.StatusCode.NOT_FOUND,
+        lambda tmp, model: ["--http-port", str(_free_port())],
     ),
 ]
 
