@@ -13,14 +13,13 @@ the source as its parent. `--quant-type` also takes PaddleNLP-style names
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import sys
 import tempfile
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from cairn.common.cli import ClientCommands
 from cairn.common.errors import CairnError, InvalidArgument, Unavailable
 from cairn.common.server import add_serve_command
 
@@ -68,25 +67,25 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     quantize.set_defaults(func=_run_here)
     sub = quantize.add_subparsers(dest="quantize_command", metavar="COMMAND")
 
-    submit = _client_parser(sub, "submit", "submit a quantization job to the service", _submit)
+    submit = _CLIENT.add(sub, "submit", "submit a quantization job to the service", _submit)
     _add_spec_arguments(submit, local=False)
     submit.add_argument("--runner", choices=("local", "ray", "kubernetes"), help="where the job runs")
     submit.add_argument("--watch", action="store_true", help="follow the job until it ends")
 
-    watch = _client_parser(sub, "watch", "follow a job with a progress bar until it ends", _watch)
+    watch = _CLIENT.add(sub, "watch", "follow a job with a progress bar until it ends", _watch)
     watch.add_argument("job_id")
     watch.add_argument("--logs", action="store_true", help="print the runner's log lines too")
 
-    ls = _client_parser(sub, "ls", "list jobs, newest first", _ls)
+    ls = _CLIENT.add(sub, "ls", "list jobs, newest first", _ls)
     ls.add_argument(
         "--state", action="append", choices=_STATES, default=[], help="only these states (repeat)"
     )
     ls.add_argument("--json", action="store_true", help="one JSON object per line")
 
-    show = _client_parser(sub, "show", "a job's spec, status and report as JSON", _show)
+    show = _CLIENT.add(sub, "show", "a job's spec, status and report as JSON", _show)
     show.add_argument("job_id")
 
-    cancel = _client_parser(sub, "cancel", "stop a queued or running job", _cancel)
+    cancel = _CLIENT.add(sub, "cancel", "stop a queued or running job", _cancel)
     cancel.add_argument("job_id")
 
 
@@ -268,34 +267,13 @@ def _print_report(evaluation: Any, where: str) -> None:
 # ---- through the service
 
 
-def _client_parser(
-    sub: argparse._SubParsersAction, name: str, help_text: str, handler: Callable[..., int]
-) -> argparse.ArgumentParser:
-    parser = sub.add_parser(name, help=help_text, description=help_text)
-    parser.add_argument(
-        "--quantizer", metavar="ADDR", help="quantizer address (default $CAIRN_QUANTIZER or 127.0.0.1:50057)"
-    )
-    parser.set_defaults(func=functools.partial(_run_client_command, name, handler))
-    return parser
+def _connect(address: str | None) -> Any:
+    from cairn.services.quantizer.client import QuantizerClient
+
+    return QuantizerClient(address)
 
 
-def _run_client_command(name: str, handler: Callable[..., int], args: argparse.Namespace) -> int:
-    from .client import QuantizerClient
-
-    client = QuantizerClient(args.quantizer)
-    try:
-        return handler(client, args)
-    except Unavailable as e:
-        print(
-            f"{PROG} {name}: quantizer at {client.target} unavailable ({e.message}); "
-            "is `cairn quantizer serve` running there? Set --quantizer or CAIRN_QUANTIZER otherwise.",
-            file=sys.stderr,
-        )
-    except CairnError as e:
-        print(f"{PROG} {name}: {e.message}", file=sys.stderr)
-    finally:
-        client.close()
-    return 1
+_CLIENT = ClientCommands(PROG, "quantizer", "--quantizer", "CAIRN_QUANTIZER", "127.0.0.1:50057", _connect)
 
 
 def _state(value: int) -> str:
