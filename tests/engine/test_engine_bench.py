@@ -25,9 +25,10 @@ def bench() -> ModuleType:
     return module
 
 
-def test_tiny_run_with_profile_and_compile(bench: ModuleType, tmp_path: Path) -> None:
+def test_tiny_run_with_every_variant(bench: ModuleType, tmp_path: Path) -> None:
     out = tmp_path / "engine_decode.json"
-    bench.main(["--tiny", "--skip-hf", "--profile", "--compile", "--gemv", "--out", str(out)])
+    variants = ["--profile", "--compile", "--gemv"]
+    bench.main(["--tiny", "--skip-hf", "--repeats", "1", *variants, "--out", str(out)])
     result = json.loads(out.read_text())
     tiny = result["models"]["tiny"]
     assert tiny["batch1_decode_tokens_per_s"] > 0
