@@ -69,7 +69,6 @@ class EventStream(Response):
         self.cleanup = cleanup
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
         producer = asyncio.ensure_future(self._produce(send))
         watcher = asyncio.ensure_future(_disconnected(receive))
         try:
@@ -84,6 +83,9 @@ class EventStream(Response):
 
     async def _produce(self, send: Send) -> None:
         try:
+            await send(
+                {"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers}
+            )
             async for event in self.events:
                 await send({"type": "http.response.body", "body": event, "more_body": True})
             await send({"type": "http.response.body", "body": b"", "more_body": False})
