@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -20,6 +21,8 @@ from .http_app import create_app
 from .http_server import HttpServer
 from .rate_limit import RateLimiter
 from .routing import RoutingTable
+
+logger = logging.getLogger("cairn.router")
 
 
 class RouterRuntime:
@@ -68,7 +71,13 @@ class RouterRuntime:
                 tls_cert=self.config.tls_cert,
                 tls_key=self.config.tls_key,
             )
-            await self.http.start()
+            port = await self.http.start()
+            logger.info(
+                "OpenAI-compatible HTTP API on http://%s:%d/v1",
+                self.config.host,
+                port,
+                extra={"http_port": port},
+            )
 
     async def close(self) -> None:
         self.serving = False
