@@ -200,12 +200,12 @@ class RoutingTable:
 
     async def resolve(self, model: str) -> Target:
         """The target for a model name; NotFound listing the served names, Unavailable if none is up."""
-        target = self._find(model)
+        target = self.find(model)
         if target is None or not any(r.ready for r in target.replicas):
             # A replica may have come up since the last refresh (startup, restart): look now.
             if time.monotonic() - self._last_refresh > 1.0:
                 await self.refresh()
-            target = self._find(model)
+            target = self.find(model)
         if target is None:
             available = ", ".join(sorted(self.served_names())) or "none"
             raise NotFound(f"model {model!r} is not served here; available models: {available}")
@@ -214,7 +214,8 @@ class RoutingTable:
             raise Unavailable(f"no scheduler of {target.deployment!r} is reachable ({errors}); retry later")
         return target
 
-    def _find(self, model: str) -> Target | None:
+    def find(self, model: str) -> Target | None:
+        """The target of a model name as the table knows it now (no refresh), or None."""
         for name, replicas in self._replicas.items():
             info = _info_of(replicas)
             if model == name or (info is not None and model == info.model):

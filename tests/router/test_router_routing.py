@@ -66,7 +66,7 @@ def test_prefix_hashes_chain_whole_blocks_per_cache_key() -> None:
 
 def test_least_load_spreads_and_affinity_sticks_within_the_imbalance() -> None:
     def check(table: RoutingTable) -> None:
-        target = table._find("tiny")
+        target = table.find("tiny")
         r1, r2 = target.replicas
         # Distinct prompts, equal load: turns alternate.
         assert {table.choose(target, [i] * 8).address for i in range(2)} == {r1.address, r2.address}
@@ -87,9 +87,9 @@ def test_least_load_spreads_and_affinity_sticks_within_the_imbalance() -> None:
 
 def test_names_resolve_to_deployments_adapters_and_sources() -> None:
     def check(table: RoutingTable) -> None:
-        assert table._find("tiny-lora").adapter == "tiny-lora"
-        assert table._find("tiny@1").deployment == "tiny"
-        assert table._find("nope") is None
+        assert table.find("tiny-lora").adapter == "tiny-lora"
+        assert table.find("tiny@1").deployment == "tiny"
+        assert table.find("nope") is None
 
     with_table(check)
 
