@@ -164,8 +164,11 @@ def test_watch_streams_status_first_then_progress_then_logs(jobs: dict[str, Any]
     assert statuses[0].state in (common_pb2.JOB_STATE_QUEUED, common_pb2.JOB_STATE_RUNNING)
     assert statuses[-1].state == SUCCEEDED and statuses[-1].result.model == "svc-lora"
     steps = [s.progress.step for s in statuses]
-    assert steps == sorted(steps) and steps[-1] == 30 and 10 in steps
+    # Watch merges changes that land between two polls, so which intermediate steps
+    # appear depends on timing; order, the end and the eval rule do not.
+    assert steps == sorted(steps) and steps[-1] == 30
     # eval_steps=10: reports from step 10 on carry an evaluation loss, earlier ones none.
+    assert statuses[-1].progress.HasField("eval_loss")
     assert all(
         s.progress.HasField("eval_loss") == (s.progress.step >= 10) for s in statuses if s.progress.step
     )
