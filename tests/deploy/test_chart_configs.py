@@ -2,8 +2,7 @@
 
 - Services that exist load their real config schema from the pod's env (and config file): every
   CAIRN_<SERVICE>_* variable must be a field, and the values must validate.
-- Services not written yet (`PENDING`) must have every variable the chart sets documented in
-  docs/operations.md, where their authors find the contract.
+- Every service the chart runs has its `cairn <service> serve` command and config schema.
 - The trainer's and quantizer's job settings build the real Kubernetes job runner (cairn/jobs), and the
   Jobs it creates use the chart's Secret, claim, image and service account.
 - The Roles grant exactly what the job runner and the worker scaler call, found by running both against
@@ -20,21 +19,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from deploy_chart import REPO, VARIANTS, Rendered, cairn_containers, env_values, render_variant
+from deploy_chart import VARIANTS, Rendered, cairn_containers, env_values, render_variant
 from kube_fakes import RBAC_OF_CALL, FakeBatch, FakeCore, FakeRayClusters, pod
-from pydantic import create_model
 
 from cairn import cli
 from cairn.common.config import ServiceConfig, add_config_arguments, env_prefix_for, load_config
-from cairn.jobs.config import JobsConfig, build_runners
+from cairn.jobs.config import build_runners
 from cairn.jobs.records import RunnerKind
 from cairn.jobs.runners.base import Launch
 from cairn.jobs.runners.k8s import KubernetesRunner
 from cairn.services.scheduler.kuberay import RayClusterScaler
 
-# `cairn <service> serve` commands the chart runs that do not exist yet (see docs/operations.md).
-PENDING = {"router", "quantizer"}
-OPERATIONS = REPO / "docs" / "operations.md"
 DATABASE_URL = "postgresql+psycopg://cairn:secret@cairn-postgresql:5432/cairn"
 
 
@@ -72,12 +67,6 @@ def known_env(schema: type[ServiceConfig]) -> set[str]:
     return set(re.findall(r"[\[(]env (CAIRN_\w+)[\])]", parser.format_help()))
 
 
-def documented_env() -> set[str]:
-    text = OPERATIONS.read_text()
-    section = text[text.index("## Configuration reference") :]
-    return set(re.findall(r"`(CAIRN_[A-Z0-9_]+)`", section))
-
-
 def pod_env(
     rendered: Rendered, template: dict[str, Any], container: dict[str, Any], tmp_path: Path
 ) -> dict[str, str]:
@@ -104,16 +93,10 @@ def test_service_env_loads_into_the_services_own_config(variant: str, tmp_path: 
     rendered = render_variant(variant)
     schemas = service_configs()
     assert {"registry", "tokenizer", "scheduler", "trainer"} <= set(schemas)
-    documented = documented_env()
     for where, template, container, service in cairn_containers(rendered):
         env = pod_env(rendered, template, container, tmp_path)
         schema = schemas.get(service)
-        if schema is None:
-            assert service in PENDING, f"{where}: `cairn {service} serve` does not exist"
-            prefix = f"CAIRN_{service.upper()}_"
-            undocumented = {n for n in env if n.startswith(prefix)} - documented
-            assert not undocumented, f"{where}: document {sorted(undocumented)} in {OPERATIONS.name}"
-            continue
+        assert schema is not None, f"{where}: `cairn {service} serve` does not exist"
         prefix = env_prefix_for(schema)
         unknown = {n for n in env if n.startswith(prefix)} - known_env(schema)
         assert not unknown, f"{where}: {service} has no settings {sorted(unknown)}"
@@ -137,20 +120,6 @@ def check_registry(config: Any, variant: str) -> None:
         assert config.blobs() == "file:///data/blobs"
 
 
-def job_service_settings(service: str) -> type[ServiceConfig]:
-    """What the chart assumes of the trainer's and quantizer's config (documented in operations.md):
-    `database_url`, `work_dir` and the shared JobsConfig nested as `jobs`."""
-    schema = create_model(
-        f"{service.title()}Settings",
-        __base__=ServiceConfig,
-        database_url=(str, ...),
-        work_dir=(Path, ...),
-        jobs=(JobsConfig, JobsConfig()),
-    )
-    schema.service_name = service
-    return schema
-
-
 JOB_VARIANTS = [
     (v, s)
     for v in ("default", "xpu-workers", "cpu-workers", "external-db-s3")
@@ -165,7 +134,7 @@ def test_job_services_build_the_kubernetes_runner_the_chart_means(
     rendered = render_variant(variant)
     template = rendered.get("Deployment", f"cairn-{service}")["spec"]["template"]
     container = template["spec"]["containers"][0]
-    schema = service_configs().get(service) or job_service_settings(service)
+    schema = service_configs()[service]
     config = load_config(schema, env=pod_env(rendered, template, container, tmp_path))
     assert RunnerKind.KUBERNETES in config.jobs.runner_kinds()
     runner = build_runners(config.jobs, tmp_path)[RunnerKind.KUBERNETES]
@@ -277,16 +246,3 @@ def test_scheduler_role_grants_what_the_scaler_calls_on_its_own_cluster(variant:
         assert_role_covers(role, clusters.calls + core.calls)
         # Only its release's clusters, not every RayCluster in the namespace.
         assert not allows(role, "ray.io", "rayclusters", "patch", "someone-elses")
-
-
-def test_pending_services_are_listed_in_the_operations_guide() -> None:
-    text = OPERATIONS.read_text()
-    for service in PENDING:
-        assert f"`cairn {service} serve`" in text
-
-
-def test_the_stand_in_for_pending_job_services_matches_the_trainer() -> None:
-    """`job_service_settings` (what a pending quantizer is checked against) reads what the real trainer
-    reads, so the quantizer's env is checked against the same contract."""
-    real = service_configs()["trainer"]
-    assert known_env(job_service_settings("trainer")) <= known_env(real)
