@@ -29,8 +29,9 @@ Options for a short device lease:
              torch.compile (--compile-mode, default max-autotune-no-cudagraphs),
              one graph size only; a failure is recorded, not raised;
   --gemv     batch-1 decode again with decode-size linear layers on the
-             Triton GEMV (kernels.triton_gemv) instead of cuBLAS, graphs
-             captured again (with --profile, its kernel table too).
+             Triton GEMV (kernels.triton_gemv) instead of cuBLAS, the norms and
+             the SiLU gate fused into them (6 launches a layer instead of 9),
+             graphs captured again (with --profile, its kernel table too).
 
 `phase_seconds` in the JSON records where the run's wall time went.
 """

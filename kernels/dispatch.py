@@ -98,19 +98,41 @@ def backend_for(tensor: torch.Tensor) -> ModuleType:
     return _triton_ops() or reference
 
 
-def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """`F.linear`; with `triton_gemv` on, a decode batch's rows take the Triton GEMV."""
-    if (
+def gemv_applies(x: torch.Tensor) -> bool:
+    """Whether `x` [rows, K] goes through the Triton GEMV: `triton_gemv` is on, x is a decode
+    batch (at most GEMV_MAX_ROWS rows) on an accelerator, and nothing is being compiled."""
+    return (
         _switches["triton_gemv"]
-        and bias is None
         and x.dim() == 2
         and x.shape[0] <= GEMV_MAX_ROWS
         and not torch.compiler.is_compiling()
-    ):
-        backend = backend_for(x)
-        if backend is not reference:
-            return backend.gemv(x, weight)
+        and backend_for(x) is not reference
+    )
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """`F.linear`, on the Triton GEMV where `gemv_applies` (and there is no bias)."""
+    if bias is None and gemv_applies(x):
+        return backend_for(x).gemv(x, weight)
     return F.linear(x, weight, bias)
+
+
+def rms_norm_gemv(
+    x: torch.Tensor,
+    residual: torch.Tensor | None,
+    norm_weight: torch.Tensor,
+    eps: float,
+    weight: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(F.linear(rms_norm(h), weight), h) with h = x + residual, or x when residual is None; the
+    Triton side is one launch. For rows where `gemv_applies`."""
+    return backend_for(x).rms_norm_gemv(x, residual, norm_weight, eps, weight)
+
+
+def silu_and_mul_gemv(gate_up: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """F.linear(silu_and_mul(gate_up), weight); the Triton side is one launch. For rows where
+    `gemv_applies`."""
+    return backend_for(gate_up).silu_and_mul_gemv(gate_up, weight)
 
 
 def rms_norm(

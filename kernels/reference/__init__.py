@@ -6,13 +6,17 @@ from cairn.kernels.reference.kv_cache import write_kv_cache
 from cairn.kernels.reference.norm import rms_norm
 from cairn.kernels.reference.rotary import apply_rotary
 from cairn.kernels.reference.rotary_cache import rotary_and_cache
+from cairn.kernels.reference.skinny_gemm import gemv, rms_norm_gemv, silu_and_mul_gemv
 
 __all__ = [
     "apply_rotary",
+    "gemv",
     "paged_decode_attention",
     "prefill_attention",
     "rms_norm",
+    "rms_norm_gemv",
     "rotary_and_cache",
     "silu_and_mul",
+    "silu_and_mul_gemv",
     "write_kv_cache",
 ]

@@ -11,7 +11,7 @@ from cairn.kernels.triton_ops.norm import rms_norm
 from cairn.kernels.triton_ops.prefill import prefill_attention
 from cairn.kernels.triton_ops.rotary import apply_rotary
 from cairn.kernels.triton_ops.rotary_cache import rotary_and_cache
-from cairn.kernels.triton_ops.skinny_gemm import gemv
+from cairn.kernels.triton_ops.skinny_gemm import gemv, rms_norm_gemv, silu_and_mul_gemv
 
 __all__ = [
     "apply_rotary",
@@ -19,7 +19,9 @@ __all__ = [
     "paged_decode_attention",
     "prefill_attention",
     "rms_norm",
+    "rms_norm_gemv",
     "rotary_and_cache",
     "silu_and_mul",
+    "silu_and_mul_gemv",
     "write_kv_cache",
 ]

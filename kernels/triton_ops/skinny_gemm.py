@@ -8,9 +8,16 @@ program owns a BLOCK_N-wide column tile and a 1/SPLIT_K share of K, loading
 the GPU; the last split of a tile to finish sums the fp32 partials in split
 order (deterministic) and writes the output, so a layer is one launch.
 
-On CUDA the tile width and split are autotuned per (rows, N, K) among
-candidates that cover the multiprocessors; the first call of a shape tunes,
-so warm up before CUDA-graph capture. Elsewhere (the interpreter) the
+The input can come through a prologue instead of from memory as is, which
+saves the launch (and the round trip of the activation) of the kernel that
+would have produced it: `rms_norm_gemv` adds the residual and normalizes (every
+program reads the whole rows for their norm; one stores the summed rows), and
+`silu_and_mul_gemv` gates a fused gate/up output. Both round where the unfused
+kernels round, so results match `rms_norm`/`silu_and_mul` then `gemv`.
+
+On CUDA the tile width and split are autotuned per (rows, N, K, prologue)
+among candidates that cover the multiprocessors; the first call of a shape
+tunes, so warm up before CUDA-graph capture. Elsewhere (the interpreter) the
 heuristic's first candidate runs.
 """
 
@@ -29,6 +36,51 @@ _BLOCK_NS = (32, 64, 128)
 _MAX_SPLIT = 16
 
 
+PLAIN, RMS_NORM, SILU_AND_MUL = 0, 1, 2
+
+
+@triton.jit
+def _summed(x_ptr, residual_ptr, rows, k_idx, mask, stride_xm, stride_rm, HAS_RESIDUAL: tl.constexpr):
+    """x (+ residual, rounded to x's dtype as the unfused add is) for rows x k_idx, in fp32."""
+    x = tl.load(x_ptr + rows[:, None] * stride_xm + k_idx[None, :], mask=mask, other=0.0)
+    if HAS_RESIDUAL:
+        r = tl.load(residual_ptr + rows[:, None] * stride_rm + k_idx[None, :], mask=mask, other=0.0)
+        x = (x.to(tl.float32) + r.to(tl.float32)).to(x_ptr.dtype.element_ty)
+    return x.to(tl.float32)
+
+
+@triton.jit
+def _input_tile(
+    x_ptr,
+    residual_ptr,
+    norm_w_ptr,
+    rstd,
+    rows,
+    k_idx,
+    mask,
+    K,
+    stride_xm,
+    stride_rm,
+    PROLOGUE: tl.constexpr,
+    HAS_RESIDUAL: tl.constexpr,
+):
+    """The GEMM's input for rows x k_idx in x's dtype: x itself, rms_norm(x + residual) * weight,
+    or silu(gate) * up of a fused gate/up output, rounded where the unfused kernels round."""
+    dtype = x_ptr.dtype.element_ty
+    if PROLOGUE == 1:
+        h = _summed(x_ptr, residual_ptr, rows, k_idx, mask, stride_xm, stride_rm, HAS_RESIDUAL)
+        weight = tl.load(norm_w_ptr + k_idx, mask=k_idx < K, other=0.0).to(tl.float32)
+        return ((h * rstd[:, None]).to(dtype).to(tl.float32) * weight[None, :]).to(dtype)
+    elif PROLOGUE == 2:
+        gate_ptrs = x_ptr + rows[:, None] * stride_xm + k_idx[None, :]
+        gate = tl.load(gate_ptrs, mask=mask, other=0.0).to(tl.float32)
+        up = tl.load(gate_ptrs + K, mask=mask, other=0.0).to(tl.float32)
+        act = (gate / (1.0 + tl.exp(-gate))).to(dtype).to(tl.float32)
+        return (act * up).to(dtype)
+    else:
+        return tl.load(x_ptr + rows[:, None] * stride_xm + k_idx[None, :], mask=mask, other=0.0)
+
+
 @triton.jit
 def _gemv_kernel(
     x_ptr,
@@ -36,13 +88,21 @@ def _gemv_kernel(
     y_ptr,
     part_ptr,
     arrivals_ptr,
+    residual_ptr,
+    norm_w_ptr,
+    h_out_ptr,
     M,
     N,
     K,
     stride_xm,
     stride_wn,
     stride_ym,
+    stride_rm,
+    stride_hm,
+    eps,
     SPLIT_K,
+    PROLOGUE: tl.constexpr,
+    HAS_RESIDUAL: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
     BLOCK_M: tl.constexpr,
@@ -54,18 +114,44 @@ def _gemv_kernel(
     cols = tile * BLOCK_N + tl.arange(0, BLOCK_N)
     row_mask = rows < M
     col_mask = cols < N
+    ks = tl.arange(0, BLOCK_K)
+    rstd = tl.zeros((BLOCK_M,), dtype=tl.float32)
+    if PROLOGUE == 1:
+        # Every program needs the whole rows' norm, so each reads them (from L2: they are
+        # rows x K, next to the weight tile's K x BLOCK_N); one program stores x + residual.
+        squares = tl.zeros((BLOCK_M,), dtype=tl.float32)
+        # Program (0, 0) stores the summed rows (a row mask: the interpreter takes no scalar one).
+        write_rows = row_mask & ((rows * 0 + tile + split) == 0)
+        for k in range(0, K, BLOCK_K):
+            k_idx = k + ks
+            mask = row_mask[:, None] & (k_idx < K)[None, :]
+            h = _summed(x_ptr, residual_ptr, rows, k_idx, mask, stride_xm, stride_rm, HAS_RESIDUAL)
+            squares += tl.sum(h * h, axis=1)
+            if HAS_RESIDUAL:
+                h_ptrs = h_out_ptr + rows[:, None] * stride_hm + k_idx[None, :]
+                write_mask = write_rows[:, None] & (k_idx < K)[None, :]
+                tl.store(h_ptrs, h.to(h_out_ptr.dtype.element_ty), mask=write_mask)
+        rstd = tl.rsqrt(squares / K + eps)
     k_per_split = tl.cdiv(tl.cdiv(K, BLOCK_K), SPLIT_K) * BLOCK_K
     k_begin = split * k_per_split
     k_end = tl.minimum(k_begin + k_per_split, K)
-    ks = tl.arange(0, BLOCK_K)
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for k in range(k_begin, k_end, BLOCK_K):
         k_idx = k + ks
         k_mask = k_idx < K
-        x = tl.load(
-            x_ptr + rows[:, None] * stride_xm + k_idx[None, :],
-            mask=row_mask[:, None] & k_mask[None, :],
-            other=0.0,
+        x = _input_tile(
+            x_ptr,
+            residual_ptr,
+            norm_w_ptr,
+            rstd,
+            rows,
+            k_idx,
+            row_mask[:, None] & k_mask[None, :],
+            K,
+            stride_xm,
+            stride_rm,
+            PROLOGUE,
+            HAS_RESIDUAL,
         )
         w = tl.load(
             w_ptr + cols[None, :].to(tl.int64) * stride_wn + k_idx[:, None],
@@ -131,7 +217,7 @@ _tuned_gemv_kernel = triton.autotune(
         for stages in (3, 4)
         for split in (1, 2, 4, 8, 16)
     ],
-    key=["M", "N", "K"],
+    key=["M", "N", "K", "PROLOGUE"],
     prune_configs_by={"early_config_prune": _prune},
     warmup=5,
     rep=20,
@@ -146,7 +232,50 @@ def gemv(
     `block_n` and `split_k` fix the tile width and split (tests); by default CUDA autotunes
     them and other devices take the heuristic's first candidate at the smallest width.
     """
-    rows, k = x.shape
+    return _launch(PLAIN, x, weight, x.shape[1], block_n=block_n, split_k=split_k)
+
+
+def rms_norm_gemv(
+    x: torch.Tensor,
+    residual: torch.Tensor | None,
+    norm_weight: torch.Tensor,
+    eps: float,
+    weight: torch.Tensor,
+    block_n: int | None = None,
+    split_k: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(rms_norm(h, norm_weight, eps) @ weight.T, h) with h = x + residual (x when None), in one
+    launch: `rms_norm` then `gemv`, rounded alike."""
+    k = x.shape[1]
+    h = x if residual is None else torch.empty_like(x)
+    if residual is not None:
+        residual = residual if residual.stride(-1) == 1 else residual.contiguous()
+    y = _launch(
+        RMS_NORM, x, weight, k, residual, norm_weight, eps, None if residual is None else h, block_n, split_k
+    )
+    return y, h
+
+
+def silu_and_mul_gemv(
+    gate_up: torch.Tensor, weight: torch.Tensor, block_n: int | None = None, split_k: int | None = None
+) -> torch.Tensor:
+    """silu_and_mul(gate_up) @ weight.T in one launch: gate_up [M, 2 I], weight [N, I]."""
+    return _launch(SILU_AND_MUL, gate_up, weight, gate_up.shape[1] // 2, block_n=block_n, split_k=split_k)
+
+
+def _launch(
+    prologue: int,
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    k: int,
+    residual: torch.Tensor | None = None,
+    norm_weight: torch.Tensor | None = None,
+    eps: float = 0.0,
+    h_out: torch.Tensor | None = None,
+    block_n: int | None = None,
+    split_k: int | None = None,
+) -> torch.Tensor:
+    rows = x.shape[0]
     n = weight.shape[0]
     if rows > MAX_ROWS:
         raise ValueError(f"gemv takes at most {MAX_ROWS} rows, got {rows}")
@@ -162,8 +291,34 @@ def gemv(
     most_splits = max(most_splits, split_k or 1)
     part = scratch("gemv_partials", x.device, most_splits * rows * n, torch.float32, zeroed=False)
     arrivals = scratch("gemv_arrivals", x.device, triton.cdiv(n, min(_BLOCK_NS)), torch.int32, zeroed=True)
-    args = (x, weight, y, part, arrivals, rows, n, k, x.stride(0), weight.stride(0), y.stride(0))
-    common = {"BLOCK_K": block_k, "BLOCK_M": MAX_ROWS, "DOT_PRECISION": dot_precision(x.dtype)}
+    residual = x if residual is None else residual
+    h_out = x if h_out is None else h_out
+    args = (
+        x,
+        weight,
+        y,
+        part,
+        arrivals,
+        residual,
+        x if norm_weight is None else norm_weight,
+        h_out,
+        rows,
+        n,
+        k,
+        x.stride(0),
+        weight.stride(0),
+        y.stride(0),
+        residual.stride(0),
+        h_out.stride(0),
+        eps,
+    )
+    common = {
+        "PROLOGUE": prologue,
+        "HAS_RESIDUAL": residual is not x,
+        "BLOCK_K": block_k,
+        "BLOCK_M": MAX_ROWS,
+        "DOT_PRECISION": dot_precision(x.dtype),
+    }
     if block_n is None and split_k is None and x.device.type == "cuda":
 
         def grid(meta: dict) -> tuple[int, int]:

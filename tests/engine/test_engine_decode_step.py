@@ -46,17 +46,22 @@ def graphs_at_next_decode(runner: ModelRunner, seq_id: int, position: int) -> tu
     return graphs, graphs.stage(runner.builder.build(states, rows, starts, counts, sample))
 
 
-@pytest.mark.parametrize("variant", ["llama-gqa", "qwen2"])
-def test_decode_step_launches_nine_kernels_per_layer(checkpoint, monkeypatch, variant: str) -> None:
+def decode_step_launches(checkpoint, monkeypatch, variant: str, gemv: bool) -> tuple[Counter, int]:
+    """(launches of one batch-1 decode step as a graph would capture it, layers)."""
     runner = make_runner(checkpoint(variant).path, block_size=BLOCK_SIZE)
-    layers = runner.model_config.num_layers
     (prompt,) = prompts(seed=4, lengths=(21,))
     runner.step(prefill_step([(0, prompt)], BlockAllocator(), BLOCK_SIZE, greedy()))
     graphs, size = graphs_at_next_decode(runner, 0, len(prompt))
-    with triton_on_cpu(monkeypatch), torch.inference_mode():
+    with triton_on_cpu(monkeypatch), kernels.triton_gemv(gemv), torch.inference_mode():
         graphs.forward(size)  # the warm-up before capture: allocates what later replays reuse
         with count_launches() as counter:
             graphs.forward(size)
+    return counter.launches, runner.model_config.num_layers
+
+
+@pytest.mark.parametrize("variant", ["llama-gqa", "qwen2"])
+def test_decode_step_launches_nine_kernels_per_layer(checkpoint, monkeypatch, variant: str) -> None:
+    launches, layers = decode_step_launches(checkpoint, monkeypatch, variant, gemv=False)
     per_layer = Counter(
         {
             "triton._rms_norm_kernel": 2,  # input norm, post-attention norm (each with the residual add)
@@ -67,9 +72,22 @@ def test_decode_step_launches_nine_kernels_per_layer(checkpoint, monkeypatch, va
         }
     )
     once = Counter({"aten.embedding": 1, "triton._rms_norm_kernel": 1, "aten.mm": 1, "aten.argmax": 1})
-    expected = Counter({name: layers * n for name, n in per_layer.items()}) + once
-    assert counter.launches == expected
-    assert counter.total == 9 * layers + 4
+    assert launches == Counter({name: layers * n for name, n in per_layer.items()}) + once
+    assert launches.total() == 9 * layers + 4
+
+
+def test_decode_step_on_the_triton_gemv_launches_six_kernels_per_layer(checkpoint, monkeypatch) -> None:
+    launches, layers = decode_step_launches(checkpoint, monkeypatch, "qwen2", gemv=True)
+    # Per layer: norm+qkv, o_proj, norm+gate_up, silu+down on the GEMV; rotary_and_cache; attention.
+    per_layer = Counter(
+        {"triton._gemv_kernel": 4, "triton._rotary_cache_kernel": 1, "triton._decode_kernel": 1}
+    )
+    # The final norm stays on its own (the model hands out normed states); lm_head is a GEMV.
+    once = Counter(
+        {"aten.embedding": 1, "triton._rms_norm_kernel": 1, "triton._gemv_kernel": 1, "aten.argmax": 1}
+    )
+    assert launches == Counter({name: layers * n for name, n in per_layer.items()}) + once
+    assert launches.total() == 6 * layers + 4
 
 
 @pytest.mark.parametrize("variant", ["llama-3.2", "qwen2"])

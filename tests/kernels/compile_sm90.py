@@ -96,9 +96,14 @@ def _shapes() -> None:
     triton_ops.rms_norm(hidden, torch.ones(4096, dtype=bf16), 1e-5, hidden.clone())
     triton_ops.rms_norm(hidden, torch.ones(4096, dtype=bf16), 1e-5)
     triton_ops.silu_and_mul(torch.randn(2, 2 * 14336, dtype=bf16))
+    weight, norm = torch.randn(6144, 4096, dtype=bf16), torch.ones(4096, dtype=bf16)
     for block_n in (32, 64, 128):
         for split in (1, 4):
-            triton_ops.gemv(hidden[:1], torch.randn(6144, 4096, dtype=bf16), block_n=block_n, split_k=split)
+            tiles = {"block_n": block_n, "split_k": split}
+            triton_ops.gemv(hidden[:1], weight, **tiles)
+            triton_ops.rms_norm_gemv(hidden[:1], hidden[1:], norm, 1e-5, weight, **tiles)
+    triton_ops.rms_norm_gemv(hidden[:1], None, norm, 1e-5, weight, block_n=64, split_k=4)
+    triton_ops.silu_and_mul_gemv(torch.randn(1, 2 * 4096, dtype=bf16), weight, block_n=64, split_k=4)
 
 
 def main() -> None:

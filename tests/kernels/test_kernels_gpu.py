@@ -217,3 +217,19 @@ def test_gemv_replays_in_a_cuda_graph(triton_ops) -> None:
         x.copy_(_randn(1, 4096, seed=seed))
         graph.replay()
         assert_bf16_close(out, torch.nn.functional.linear(x.float(), weight.float()).to(BF16))
+
+
+@pytest.mark.parametrize("rows", [1, 8])
+def test_fused_gemv_prologues_at_llama_8b_shapes(triton_ops, rows: int) -> None:
+    x, residual = _randn(rows, 4096, seed=50), _randn(rows, 4096, seed=51)
+    norm_weight = _randn(4096, seed=52)
+    qkv_weight = _randn(6144, 4096, seed=53, scale=0.02)
+    out, summed = triton_ops.rms_norm_gemv(x, residual, norm_weight, 1e-5, qkv_weight)
+    expected, expected_sum = reference.rms_norm_gemv(x, residual, norm_weight, 1e-5, qkv_weight)
+    assert torch.equal(summed, expected_sum)
+    assert_bf16_close(out, expected)
+    gate_up = _randn(rows, 2 * 14336, seed=54)
+    down_weight = _randn(4096, 14336, seed=55, scale=0.02)
+    assert_bf16_close(
+        triton_ops.silu_and_mul_gemv(gate_up, down_weight), reference.silu_and_mul_gemv(gate_up, down_weight)
+    )

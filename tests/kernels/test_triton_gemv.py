@@ -32,6 +32,36 @@ def test_gemv_matches_matmul(triton_ops, device, rows: int, n: int, k: int, bloc
     assert not scratch("gemv_arrivals", x.device, 0, torch.int32, zeroed=True).any()
 
 
+@pytest.mark.parametrize("with_residual", [False, True])
+@pytest.mark.parametrize(("rows", "split_k"), [(1, 1), (3, 4)])
+def test_rms_norm_gemv_matches_norm_then_matmul(triton_ops, device, with_residual, rows, split_k) -> None:
+    from cairn.kernels import reference
+
+    x = _randn(rows, 300, seed=10, device=device)
+    residual = _randn(rows, 300, seed=11, device=device) if with_residual else None
+    norm_weight = _randn(300, seed=12, device=device)
+    weight = _randn(40, 300, seed=13, device=device)
+    out, summed = triton_ops.rms_norm_gemv(
+        x, residual, norm_weight, 1e-5, weight, block_n=32, split_k=split_k
+    )
+    if residual is None:
+        normed, expected_sum = reference.rms_norm(x, norm_weight, 1e-5), x
+    else:
+        normed, expected_sum = reference.rms_norm(x, norm_weight, 1e-5, residual)
+    torch.testing.assert_close(out, normed @ weight.T, **TOL)
+    torch.testing.assert_close(summed, expected_sum, **TOL)
+
+
+@pytest.mark.parametrize(("rows", "split_k"), [(1, 1), (5, 2)])
+def test_silu_and_mul_gemv_matches_gating_then_matmul(triton_ops, device, rows: int, split_k: int) -> None:
+    from cairn.kernels import reference
+
+    gate_up = _randn(rows, 2 * 200, seed=14, device=device)
+    weight = _randn(56, 200, seed=15, device=device)
+    out = triton_ops.silu_and_mul_gemv(gate_up, weight, block_n=32, split_k=split_k)
+    torch.testing.assert_close(out, reference.silu_and_mul(gate_up) @ weight.T, **TOL)
+
+
 def test_gemv_strided_rows_and_row_limit(triton_ops, device) -> None:
     x = _randn(2, 80, seed=3, device=device)[:, :64]
     weight = _randn(48, 64, seed=4, device=device)

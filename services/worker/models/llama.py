@@ -74,20 +74,21 @@ class LlamaAttention(nn.Module):
 
     def forward(
         self,
-        x: torch.Tensor,
+        qkv: torch.Tensor,
         positions: torch.Tensor,
         rope_cache: torch.Tensor,
         meta: AttentionMetadata,
         kv_cache: tuple[torch.Tensor, torch.Tensor],
     ) -> torch.Tensor:
+        """Attention of the packed tokens from their qkv projection (the decoder layer runs
+        `qkv_proj`, so that it can fuse the norm before it)."""
         k_cache, v_cache, *kv_scales = kv_cache
         # An INT8/FP8 cache carries its scales; its kernels take them bound.
         ops = kernels.QuantizedKV(*kv_scales) if kv_scales else kernels
-        q = ops.rotary_and_cache(
-            self.qkv_proj(x), positions, rope_cache, k_cache, v_cache, meta.slot_mapping, self.qkv_bias
-        )
+        slots = meta.slot_mapping
+        q = ops.rotary_and_cache(qkv, positions, rope_cache, k_cache, v_cache, slots, self.qkv_bias)
         out = paged_attention(q, kv_cache, meta, self.scale)
-        return self.o_proj(out.view(x.shape[0], self.q_size))
+        return self.o_proj(out.view(qkv.shape[0], self.q_size))
 
 
 class LlamaMLP(nn.Module):
@@ -100,8 +101,13 @@ class LlamaMLP(nn.Module):
     def shard_sizes(self) -> tuple[int, ...]:
         return (self.intermediate_size, self.intermediate_size)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(kernels.silu_and_mul(self.gate_up_proj(x)))
+    def forward(self, gate_up: torch.Tensor) -> torch.Tensor:
+        """down_proj(silu(gate) * up) of the gate/up projection (which the decoder layer runs, so
+        that it can fuse the norm before it)."""
+        down = self.down_proj
+        if _plain(down) and kernels.gemv_applies(gate_up):
+            return kernels.silu_and_mul_gemv(gate_up, down.weight)
+        return down(kernels.silu_and_mul(gate_up))
 
 
 class LlamaDecoderLayer(nn.Module):
@@ -121,15 +127,31 @@ class LlamaDecoderLayer(nn.Module):
         meta: AttentionMetadata,
         kv_cache: tuple[torch.Tensor, torch.Tensor],
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        # The residual add of the previous sublayer is fused into the next norm.
-        if residual is None:
-            residual = hidden
-            hidden = self.input_layernorm(hidden)
-        else:
-            hidden, residual = self.input_layernorm(hidden, residual)
-        hidden = self.self_attn(hidden, positions, rope_cache, meta, kv_cache)
-        hidden, residual = self.post_attention_layernorm(hidden, residual)
-        return self.mlp(hidden), residual
+        attention, mlp = self.self_attn, self.mlp
+        qkv, residual = norm_then_linear(self.input_layernorm, attention.qkv_proj, hidden, residual)
+        hidden = attention(qkv, positions, rope_cache, meta, kv_cache)
+        post_norm = self.post_attention_layernorm
+        gate_up, residual = norm_then_linear(post_norm, mlp.gate_up_proj, hidden, residual)
+        return mlp(gate_up), residual
+
+
+def norm_then_linear(
+    norm: RMSNorm, linear: nn.Module, x: torch.Tensor, residual: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(linear(norm(x + residual)), x + residual): a sublayer's input projection and the next
+    residual (x itself when there is no residual yet, before the first layer). The residual add
+    is fused into the norm, and a decode batch on the Triton GEMV fuses the norm into the GEMV."""
+    if _plain(linear) and kernels.gemv_applies(x):
+        return kernels.rms_norm_gemv(x, residual, norm.weight, norm.eps, linear.weight)
+    if residual is None:
+        return linear(norm(x)), x
+    normed, residual = norm(x, residual)
+    return linear(normed), residual
+
+
+def _plain(linear: nn.Module) -> bool:
+    """A full-precision projection without bias (quantized ones replace `Linear`)."""
+    return isinstance(linear, Linear) and linear.bias is None
 
 
 class LlamaModel(nn.Module):
