@@ -304,6 +304,12 @@ def kernel_table(events: list, device: torch.device, steps: int) -> dict:
     return table
 
 
+def _tagged(path: Path, tag: str) -> Path:
+    """trace.json.gz, "8b" -> trace_8b.json.gz (a .gz chrome trace is written compressed)."""
+    base, _, suffixes = path.name.partition(".")
+    return path.with_name(f"{base}_{tag}.{suffixes}" if suffixes else f"{base}_{tag}")
+
+
 def profile_decode(
     runner: ModelRunner, args: argparse.Namespace, device: torch.device, trace: Path | None
 ) -> dict:
@@ -337,7 +343,8 @@ def profile_decode(
         runner.free([seq_id])
         result[mode] = kernel_table(prof.events(), device, args.profile_steps)
         if trace is not None:
-            prof.export_chrome_trace(str(trace.with_name(f"{trace.stem}_{mode}{trace.suffix}")))
+            trace.parent.mkdir(parents=True, exist_ok=True)
+            prof.export_chrome_trace(str(_tagged(trace, mode)))
     runner.graphs = graphs
     return result
 
@@ -436,13 +443,7 @@ def bench_model(
             result[f"{key}_pct_of_roofline"] = 100 * tps / roofline
     if args.profile:
         with phase("profile"):
-            trace = (
-                None
-                if args.profile_trace is None
-                else args.profile_trace.with_name(
-                    f"{args.profile_trace.stem}_{name}{args.profile_trace.suffix}"
-                )
-            )
+            trace = None if args.profile_trace is None else _tagged(args.profile_trace, name)
             result["profile"] = profile_decode(runner, args, device, trace)
         # What the kernels leave unexplained of the measured time per token: launch gaps and host work.
         us_per_token = 1e6 / result["batch1_decode_tokens_per_s"]
@@ -638,7 +639,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--profile", action="store_true", help="per-kernel table of batch-1 decode steps")
     parser.add_argument("--profile-steps", type=int, default=5)
     parser.add_argument(
-        "--profile-trace", type=Path, help="also write chrome traces, named <stem>_<model>_<mode><suffix>"
+        "--profile-trace", type=Path, help="also write chrome traces: x.json.gz -> x_<model>_<mode>.json.gz"
     )
     parser.add_argument("--compile", action="store_true", help="batch-1 decode of the torch.compile'd step")
     parser.add_argument("--compile-mode", default="max-autotune-no-cudagraphs")
