@@ -15,9 +15,9 @@ program reads the whole rows for their norm; one stores the summed rows), and
 `silu_and_mul_gemv` gates a fused gate/up output. Both round where the unfused
 kernels round, so results match `rms_norm`/`silu_and_mul` then `gemv`.
 
-On CUDA the tile width and split are autotuned per (rows, N, K, prologue)
-among candidates that cover the multiprocessors; the first call of a shape
-tunes, so warm up before CUDA-graph capture. Elsewhere (the interpreter) the
+On CUDA the tile width and split are autotuned per (N, K, prologue) among
+candidates that cover the multiprocessors; the first call of a shape tunes,
+so warm up before CUDA-graph capture. Elsewhere (the interpreter) the
 heuristic's first candidate runs.
 """
 
@@ -81,7 +81,9 @@ def _input_tile(
         return tl.load(x_ptr + rows[:, None] * stride_xm + k_idx[None, :], mask=mask, other=0.0)
 
 
-@triton.jit
+# Rows and split stay runtime values: specializing on them (1, multiples of 16) would multiply
+# the compiles the autotuner waits for, for branches that cost nothing to take at run time.
+@triton.jit(do_not_specialize=["M", "SPLIT_K"])
 def _gemv_kernel(
     x_ptr,
     w_ptr,
@@ -208,16 +210,18 @@ def _prune(configs: list[triton.Config], named_args: dict, **kwargs: object) -> 
     ]
 
 
-# Pipelined through shared memory (cp.async): 3 or 4 stages of a [256, BLOCK_N] bf16
-# tile are 48 to 216 KiB, within an H200 multiprocessor's 227 KiB.
+# Pipelined through shared memory (cp.async): the stages of [256, BLOCK_N] bf16 weight
+# tiles (and of the input, with a prologue) stay within an H200 multiprocessor's 227 KiB.
+_STAGES = {32: 4, 64: 4, 128: 3}
+# Tuned once per layer shape and prologue, at the first (largest) decode batch that reaches
+# it: the weight stream, not the few rows, decides the best tiling.
 _tuned_gemv_kernel = triton.autotune(
     configs=[
-        triton.Config({"BLOCK_N": block_n, "SPLIT_K": split}, num_warps=4, num_stages=stages)
+        triton.Config({"BLOCK_N": block_n, "SPLIT_K": split}, num_warps=4, num_stages=_STAGES[block_n])
         for block_n in _BLOCK_NS
-        for stages in (3, 4)
         for split in (1, 2, 4, 8, 16)
     ],
-    key=["M", "N", "K", "PROLOGUE"],
+    key=["N", "K", "PROLOGUE"],
     prune_configs_by={"early_config_prune": _prune},
     warmup=5,
     rep=20,
@@ -329,6 +333,6 @@ def _launch(
     block_n = block_n or min(_BLOCK_NS)
     split_k = split_k or split_choices(triton.cdiv(n, block_n), k_tiles, processors)[0]
     _gemv_kernel[(triton.cdiv(n, block_n), split_k)](
-        *args, split_k, BLOCK_N=block_n, **common, num_warps=4, num_stages=4
+        *args, split_k, BLOCK_N=block_n, **common, num_warps=4, num_stages=_STAGES[block_n]
     )
     return y

@@ -3,7 +3,8 @@
 Run as a script with TRITON_INTERPRET unset. Each public launcher runs on small
 CPU tensors with launches intercepted: the recorded arguments give the kernel's
 signature and the specializations a real launch would get (integers equal to 1
-become constants, pointers and integers divisible by 16 are marked so), and
+become constants, pointers and integers divisible by 16 are marked so, unless
+the kernel opts out), and
 `triton.compile` then lowers it through TTIR, TTGIR, LLVM and PTX to a cubin
 with the ptxas Triton ships. Prints one line per kernel variant; exits 1 if any
 failed. The interpreter the CPU tests use cannot catch what only lowering does
@@ -61,14 +62,19 @@ def _source(kernel: JITFunction, bound: dict) -> ASTSource:
         if isinstance(value, torch.Tensor):
             signature[name] = "*" + _TYPES[value.dtype]
             attrs[(index,)] = [["tt.divisibility", 16]]
-        elif index in kernel.constexprs or isinstance(value, str | bool) or value is None or value == 1:
+        elif (
+            index in kernel.constexprs
+            or isinstance(value, str | bool)
+            or value is None
+            or (value == 1 and not kernel.params[index].do_not_specialize)
+        ):
             signature[name] = "constexpr"
             constexprs[(index,)] = value
         elif isinstance(value, float):
             signature[name] = "fp32"
         else:
             signature[name] = "i32" if -(2**31) <= value < 2**31 else "i64"
-            if value % 16 == 0:
+            if value % 16 == 0 and not kernel.params[index].do_not_specialize:
                 attrs[(index,)] = [["tt.divisibility", 16]]
     return ASTSource(fn=kernel, signature=signature, constexprs=constexprs, attrs=attrs)
 

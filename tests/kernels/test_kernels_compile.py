@@ -22,7 +22,7 @@ KERNELS = {
     "_prefill_kernel": 2,
     "_rms_norm_kernel": 2,
     "_silu_and_mul_kernel": 1,
-    "_gemv_kernel": 14,
+    "_gemv_kernel": 8,
 }
 
 
