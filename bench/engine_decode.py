@@ -445,11 +445,7 @@ def bench_model(
         with phase("profile"):
             trace = None if args.profile_trace is None else _tagged(args.profile_trace, name)
             result["profile"] = profile_decode(runner, args, device, trace)
-        # What the kernels leave unexplained of the measured time per token: launch gaps and host work.
-        us_per_token = 1e6 / result["batch1_decode_tokens_per_s"]
-        for table in result["profile"].values():
-            table["measured_us_per_token"] = us_per_token
-            table["unexplained_us_per_token"] = us_per_token - table["kernel_us_per_step"]
+        explain(result["profile"], result["batch1_decode_tokens_per_s"])
     with phase("fixed_batch"):
         result["fixed_batch"] = fixed_batch_steps(runner, args, timer)
     for row in result["fixed_batch"]:
@@ -492,6 +488,15 @@ def compiled_decode(
     return result
 
 
+def explain(profile: dict, tokens_per_s: float) -> None:
+    """Adds to each kernel table what its kernels leave unexplained of the measured time per
+    token (batch-1 single-step decode): launch gaps and host work."""
+    us_per_token = 1e6 / tokens_per_s
+    for table in profile.values():
+        table["measured_us_per_token"] = us_per_token
+        table["unexplained_us_per_token"] = us_per_token - table["kernel_us_per_step"]
+
+
 def triton_gemv_decode(
     runner: ModelRunner, args: argparse.Namespace, device: torch.device, timer: Timer, roofline: float
 ) -> dict:
@@ -511,6 +516,7 @@ def triton_gemv_decode(
                 result[f"{key}_pct_of_roofline"] = 100 * tps / roofline
             if args.profile:
                 result["profile"] = profile_decode(runner, args, device, None)
+                explain(result["profile"], result["batch1_decode_tokens_per_s"])
     except Exception as error:
         # A failed variant is a result to record, not a reason to lose the rest of the run.
         result["error"] = "".join(traceback.format_exception_only(error)).strip()
@@ -557,6 +563,22 @@ def machine(device: torch.device) -> dict:
     return info
 
 
+def _print_profile(label: str, profile: dict) -> None:
+    for mode, table in profile.items():
+        print(
+            f"{label} ({mode}): {table['kernels_per_step']:.0f} kernels, "
+            f"{table['kernel_us_per_step']:.0f} us of kernels per step; "
+            f"{table['unexplained_us_per_token']:.0f} us per token outside them"
+        )
+        if "gap_us_per_step_under_20us" in table:
+            print(
+                f"    gaps between kernels per step: {table['gap_us_per_step_under_20us']:.0f} us "
+                f"under 20 us each, {table['gap_us_per_step_20us_and_over']:.0f} us in longer ones"
+            )
+        for family, us in table["us_per_step_by_family"].items():
+            print(f"    {family:<20} {us:8.1f} us/step")
+
+
 def print_table(results: dict) -> None:
     for name, r in results["models"].items():
         print(f"\n== {name}  (roofline batch-1 {r['roofline_batch1_tokens_per_s']:.0f} tok/s)")
@@ -565,19 +587,7 @@ def print_table(results: dict) -> None:
         for key in [k for k in r if k.startswith("batch1_decode") and k.endswith("tokens_per_s")]:
             pct = r[key.replace("tokens_per_s", "pct_of_roofline")]
             print(f"{key[:-13]:<28} {r[key]:10.1f} tok/s   {pct:5.1f}% of roofline")
-        for mode, table in r.get("profile", {}).items():
-            print(
-                f"profile ({mode}): {table['kernels_per_step']:.0f} kernels, "
-                f"{table['kernel_us_per_step']:.0f} us of kernels per step; "
-                f"{table['unexplained_us_per_token']:.0f} us per token outside them"
-            )
-            if "gap_us_per_step_under_20us" in table:
-                print(
-                    f"    gaps between kernels per step: {table['gap_us_per_step_under_20us']:.0f} us "
-                    f"under 20 us each, {table['gap_us_per_step_20us_and_over']:.0f} us in longer ones"
-                )
-            for family, us in table["us_per_step_by_family"].items():
-                print(f"    {family:<20} {us:8.1f} us/step")
+        _print_profile("profile", r.get("profile", {}))
         if "triton_gemv" in r:
             g = r["triton_gemv"]
             if "error" in g:
@@ -586,6 +596,7 @@ def print_table(results: dict) -> None:
                 for key in [k for k in g if k.startswith("batch1_decode") and k.endswith("tokens_per_s")]:
                     pct = g[key.replace("tokens_per_s", "pct_of_roofline")]
                     print(f"triton gemv {key[:-13]:<16} {g[key]:10.1f} tok/s   {pct:5.1f}% of roofline")
+                _print_profile("triton gemv profile", g.get("profile", {}))
         if "compiled" in r:
             c = r["compiled"]
             if "error" in c:
