@@ -10,77 +10,14 @@ Failed calls raise the typed `cairn.common.errors` exception for their status.
 
 from __future__ import annotations
 
-import os
-from collections.abc import Callable, Iterable, Iterator
-from typing import Any, TypeVar
-
-import grpc
-
-from cairn.common.channel import make_channel, raise_for_rpc_error
+from cairn.jobs.client import JobServiceClient
 from cairn.v1 import common_pb2, trainer_pb2, trainer_pb2_grpc
 
-DEFAULT_TARGET = "127.0.0.1:50056"
-TARGET_ENV = "CAIRN_TRAINER"
 
-T = TypeVar("T")
-
-
-def default_target() -> str:
-    return os.environ.get(TARGET_ENV) or DEFAULT_TARGET
-
-
-class TrainerClient:
-    def __init__(self, target: str | None = None, *, timeout: float = 30.0) -> None:
-        """`timeout` bounds each call except `watch`, which lasts as long as the job."""
-        self.target = target or default_target()
-        self.timeout = timeout
-        self._channel = make_channel(self.target, aio=False)
-        self._stub = trainer_pb2_grpc.TrainerStub(self._channel)
-
-    def close(self) -> None:
-        self._channel.close()
-
-    def __enter__(self) -> TrainerClient:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def _call(self, method: Callable[..., T], request: Any) -> T:
-        try:
-            return method(request, timeout=self.timeout)
-        except grpc.RpcError as e:
-            raise_for_rpc_error(e)
-
-    def submit(self, spec: trainer_pb2.TrainJobSpec) -> trainer_pb2.TrainJob:
-        return self._call(self._stub.SubmitJob, spec)
-
-    def get(self, job_id: str) -> trainer_pb2.TrainJob:
-        return self._call(self._stub.GetJob, common_pb2.JobId(job_id=job_id))
-
-    def list(self, states: Iterable[int] = (), *, page_size: int = 0) -> Iterator[trainer_pb2.TrainJob]:
-        """Every job (in `states`, if given), newest first, fetched page by page."""
-        token = ""
-        while True:
-            request = common_pb2.ListJobsRequest(page_size=page_size, page_token=token, states=list(states))
-            response = self._call(self._stub.ListJobs, request)
-            yield from response.jobs
-            token = response.next_page_token
-            if not token:
-                return
-
-    def watch(self, job_id: str, *, include_logs: bool = False) -> Iterator[common_pb2.JobEvent]:
-        request = common_pb2.WatchJobRequest(job_id=job_id, include_logs=include_logs)
-        stream = self._stub.WatchJob(request)
-        try:
-            yield from stream
-        except grpc.RpcError as e:
-            raise_for_rpc_error(e)
-        finally:
-            stream.cancel()
-
-    def cancel(self, job_id: str) -> trainer_pb2.TrainJob:
-        return self._call(self._stub.CancelJob, common_pb2.JobId(job_id=job_id))
+class TrainerClient(JobServiceClient[trainer_pb2.TrainJob]):
+    default_target = "127.0.0.1:50056"
+    target_env = "CAIRN_TRAINER"
+    stub_class = trainer_pb2_grpc.TrainerStub
 
     def resume(self, job_id: str) -> trainer_pb2.TrainJob:
         return self._call(self._stub.ResumeJob, common_pb2.JobId(job_id=job_id))
