@@ -26,10 +26,20 @@ pytestmark = [
 ]
 
 
-@pytest.mark.parametrize("method", ["lora", "qlora"])
+_NO_BITSANDBYTES = importlib.util.find_spec("bitsandbytes") is None
+
+
+@pytest.mark.parametrize(
+    "method",
+    [
+        "lora",
+        pytest.param(
+            "qlora",
+            marks=pytest.mark.skipif(_NO_BITSANDBYTES, reason="QLoRA needs bitsandbytes (cairn[qlora])"),
+        ),
+    ],
+)
 def test_adapters_train_in_bf16_on_the_gpu(method: str, tiny_model_dir: Path, tmp_path: Path) -> None:
-    if method == "qlora" and importlib.util.find_spec("bitsandbytes") is None:
-        pytest.skip("QLoRA needs bitsandbytes (cairn[qlora])")
     data = write_jsonl(tmp_path / "chat.jsonl", chat_records())
     args = {"learning_rate": 1e-2, "lr_scheduler": "constant", "max_steps": 30, "micro_batch_size": 2,
             "logging_steps": 5, "gradient_checkpointing": True}  # fmt: skip
