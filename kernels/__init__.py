@@ -6,6 +6,7 @@ slot = block_id * block_size + offset. Tokens are packed without padding.
 
 from cairn.kernels import custom_ops  # noqa: F401 - registers torch.ops.cairn for torch.compile
 from cairn.kernels.dispatch import (
+    add_lora,
     apply_rotary,
     backend_for,
     force_reference,
@@ -35,6 +36,7 @@ from cairn.kernels.rope_cache import build_rope_cache
 
 __all__ = [
     "QuantizedKV",
+    "add_lora",
     "apply_rotary",
     "backend_for",
     "build_rope_cache",

@@ -132,3 +132,29 @@ def _(
     scale: float,
 ) -> torch.Tensor:
     return torch.empty_like(q)
+
+
+@torch.library.custom_op("cairn::add_lora", mutates_args=("y",))
+def add_lora(
+    y: torch.Tensor,
+    x: torch.Tensor,
+    lora_a: torch.Tensor,
+    lora_b: torch.Tensor,
+    token_order: torch.Tensor,
+    slot_starts: torch.Tensor,
+    slice_offsets: list[int],
+) -> None:
+    backend_for(x).add_lora(y, x, lora_a, lora_b, token_order, slot_starts, slice_offsets)
+
+
+@add_lora.register_fake
+def _(
+    y: torch.Tensor,
+    x: torch.Tensor,
+    lora_a: torch.Tensor,
+    lora_b: torch.Tensor,
+    token_order: torch.Tensor,
+    slot_starts: torch.Tensor,
+    slice_offsets: list[int],
+) -> None:
+    return None

@@ -232,3 +232,20 @@ def prefill_attention(
     if torch.compiler.is_compiling():
         return torch.ops.cairn.prefill_attention(*args)
     return backend_for(q).prefill_attention(*args)
+
+
+def add_lora(
+    y: torch.Tensor,
+    x: torch.Tensor,
+    lora_a: torch.Tensor,
+    lora_b: torch.Tensor,
+    token_order: torch.Tensor,
+    slot_starts: torch.Tensor,
+    slice_offsets: list[int],
+) -> torch.Tensor:
+    """y += each token's adapter delta, in place (batched LoRA; layout in `reference/lora.py`)."""
+    args = (y, x, lora_a, lora_b, token_order, slot_starts, slice_offsets)
+    if torch.compiler.is_compiling():
+        torch.ops.cairn.add_lora(*args)
+        return y
+    return backend_for(x).add_lora(*args)
