@@ -51,6 +51,12 @@ class ConfigError(ValueError):
     """A configuration problem, worded for the person who wrote the config."""
 
 
+def cairn_home(*parts: str) -> Path:
+    """A path under the state directory: $CAIRN_HOME, else ~/.cairn."""
+    home = os.environ.get("CAIRN_HOME")
+    return (Path(home) if home else Path.home() / ".cairn").joinpath(*parts)
+
+
 class ServiceConfig(BaseModel):
     """Settings every service has. Subclasses set `service_name` and add their own fields.
 

@@ -8,6 +8,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from cairn.common.config import ServiceConfig, cairn_home
+
 from .records import RunnerKind
 from .runners.base import Runner
 
@@ -61,6 +63,48 @@ class JobsConfig(BaseModel):
 
     def runner_kinds(self) -> list[RunnerKind]:
         return list(dict.fromkeys([self.runner, *self.runners]))
+
+
+class JobServiceConfig(ServiceConfig):
+    """Settings of a service that runs jobs (trainer, quantizer). A subclass redeclares `root` with its
+    own default directory, and its ports."""
+
+    root: Path = Field(
+        default_factory=lambda: cairn_home("jobs"),
+        description="directory for the default job database and work dir ($CAIRN_HOME/<service>)",
+    )
+    database_url: str | None = Field(
+        None,
+        description="SQLAlchemy URL of the job database, e.g. postgresql+psycopg://user@host/db "
+        "(default sqlite:///<root>/jobs.db); runners write progress to it, so they must reach it",
+    )
+    registry: str | None = Field(
+        None, description="registry address for input models and results (default $CAIRN_REGISTRY or :50055)"
+    )
+    work_dir: Path | None = Field(
+        None,
+        description="checkpoints, outputs and runner logs, per job (default <root>/work); shared storage "
+        "when jobs run on Ray or Kubernetes",
+    )
+    cache_dir: Path | None = Field(
+        None, description="where runners cache input models (default $CAIRN_HOME/cache)"
+    )
+    jobs: JobsConfig = JobsConfig()
+
+    def database(self) -> str:
+        return self.database_url or f"sqlite:///{self.root.expanduser() / 'jobs.db'}"
+
+    def work(self) -> Path:
+        return (self.work_dir or self.root / "work").expanduser()
+
+    def job_settings(self) -> dict[str, Any]:
+        """What every job process receives (JSON): where the registry is, where to work and cache."""
+        settings: dict[str, Any] = {"work_dir": str(self.work())}
+        if self.registry:
+            settings["registry"] = self.registry
+        if self.cache_dir:
+            settings["cache_dir"] = str(self.cache_dir.expanduser())
+        return settings
 
 
 def build_runners(

@@ -2,23 +2,16 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any, ClassVar
 
 from pydantic import Field
 
-from cairn.common.config import GrpcPort, MetricsPort, ServiceConfig
+from cairn.common.config import GrpcPort, MetricsPort, ServiceConfig, cairn_home
 
 from .records import DEFAULT_CHUNK_SIZE
 
 MAX_CHUNK_SIZE = 4 << 20
-
-
-def default_root() -> Path:
-    """$CAIRN_HOME/registry, else ~/.cairn/registry."""
-    home = os.environ.get("CAIRN_HOME")
-    return (Path(home) if home else Path.home() / ".cairn") / "registry"
 
 
 class RegistryConfig(ServiceConfig):
@@ -27,7 +20,7 @@ class RegistryConfig(ServiceConfig):
     port: GrpcPort = 50055
     metrics_port: MetricsPort = 9095
     root: Path = Field(
-        default_factory=default_root,
+        default_factory=lambda: cairn_home("registry"),
         description="directory for the default SQLite database and blob store ($CAIRN_HOME/registry)",
     )
     database_url: str | None = Field(

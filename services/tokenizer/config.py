@@ -2,20 +2,18 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import ClassVar
 
 from pydantic import Field
 
-from cairn.common.config import GrpcPort, MetricsPort, ServiceConfig
+from cairn.common.config import GrpcPort, MetricsPort, ServiceConfig, cairn_home
 from cairn.services.registry.client import DEFAULT_TARGET as REGISTRY_TARGET
 
 
 def default_cache_dir() -> Path:
     """$CAIRN_HOME/cache/tokenizers, else ~/.cairn/cache/tokenizers."""
-    home = os.environ.get("CAIRN_HOME")
-    return (Path(home) if home else Path.home() / ".cairn") / "cache" / "tokenizers"
+    return cairn_home("cache", "tokenizers")
 
 
 class TokenizerConfig(ServiceConfig):

@@ -125,3 +125,5 @@ def test_list_and_unknown_jobs(quantizer, submitted, gptq_events) -> None:
     assert everything.index(submitted["bad"].id) < everything.index(submitted["gptq"].id)  # newest first
     with pytest.raises(NotFound):
         quantizer.get("quant-nope")
+    with pytest.raises(InvalidArgument, match="states: 99 is not a JobState"):
+        list(quantizer.list([99]))
