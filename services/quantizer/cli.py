@@ -13,7 +13,6 @@ the source as its parent. `--quant-type` also takes PaddleNLP-style names
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 from pathlib import Path
@@ -22,11 +21,11 @@ from typing import Any
 from cairn.common.cli import ClientCommands
 from cairn.common.errors import CairnError, InvalidArgument, Unavailable
 from cairn.common.server import add_serve_command
+from cairn.jobs.cli import JobCommands, state_name
 
 from .config import QuantizerConfig
 
 PROG = "cairn quantize"
-_STATES = ("queued", "running", "succeeded", "failed", "cancelled")
 _QUANT_TYPES = {
     "weight_only_int8": "QUANT_TYPE_WEIGHT_ONLY_INT8",
     "wint8": "QUANT_TYPE_WEIGHT_ONLY_INT8",
@@ -72,21 +71,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     submit.add_argument("--runner", choices=("local", "ray", "kubernetes"), help="where the job runs")
     submit.add_argument("--watch", action="store_true", help="follow the job until it ends")
 
-    watch = _CLIENT.add(sub, "watch", "follow a job with a progress bar until it ends", _watch)
-    watch.add_argument("job_id")
-    watch.add_argument("--logs", action="store_true", help="print the runner's log lines too")
-
-    ls = _CLIENT.add(sub, "ls", "list jobs, newest first", _ls)
-    ls.add_argument(
-        "--state", action="append", choices=_STATES, default=[], help="only these states (repeat)"
-    )
-    ls.add_argument("--json", action="store_true", help="one JSON object per line")
-
-    show = _CLIENT.add(sub, "show", "a job's spec, status and report as JSON", _show)
-    show.add_argument("job_id")
-
-    cancel = _CLIENT.add(sub, "cancel", "stop a queued or running job", _cancel)
-    cancel.add_argument("job_id")
+    _JOBS.add(sub)
 
 
 def _add_spec_arguments(parser: argparse.ArgumentParser, *, local: bool) -> None:
@@ -276,18 +261,6 @@ def _connect(address: str | None) -> Any:
 _CLIENT = ClientCommands(PROG, "quantizer", "--quantizer", "CAIRN_QUANTIZER", "127.0.0.1:50057", _connect)
 
 
-def _state(value: int) -> str:
-    from cairn.v1 import common_pb2
-
-    return common_pb2.JobState.Name(value).removeprefix("JOB_STATE_").lower()
-
-
-def _as_json(message: Any) -> dict[str, Any]:
-    from google.protobuf import json_format
-
-    return json_format.MessageToDict(message, preserving_proto_field_name=True)
-
-
 def _submit(client: Any, args: argparse.Namespace) -> int:
     from cairn.jobs.convert import RUNNER_TO_PROTO
     from cairn.jobs.records import RunnerKind
@@ -299,77 +272,38 @@ def _submit(client: Any, args: argparse.Namespace) -> int:
         spec.runner = RUNNER_TO_PROTO[RunnerKind(args.runner)]
     plan_from_spec(spec)
     job = client.submit(spec)
-    print(f"submitted {job.id} ({_state(job.status.state)}, output {job.spec.output_name})")
+    print(f"submitted {job.id} ({state_name(job.status.state)}, output {job.spec.output_name})")
     if args.watch:
-        return _follow(client, job.id, logs=False)
+        return _JOBS.follow(client, job.id, logs=False)
     return 0
 
 
-def _watch(client: Any, args: argparse.Namespace) -> int:
-    return _follow(client, args.job_id, logs=args.logs)
+def _describe(status: Any) -> str:
+    return f"{state_name(status.state)}: {status.progress.message}"
 
 
-def _follow(client: Any, job_id: str, *, logs: bool) -> int:
-    """A progress bar over the job's steps; the exit status says how the job ended."""
-    from tqdm import tqdm
-
-    from cairn.v1 import common_pb2
-
-    last = None
-    with tqdm(desc=job_id, unit="step", dynamic_ncols=True, file=sys.stderr) as bar:
-        for event in client.watch(job_id, include_logs=logs):
-            if event.log:
-                bar.write(event.log)
-                continue
-            last = event.status
-            progress = last.progress
-            if progress.total_steps:
-                bar.total = progress.total_steps
-            bar.n = progress.step
-            bar.set_postfix_str(f"{_state(last.state)}: {progress.message}", refresh=False)
-            bar.refresh()
-    if last is None:
-        return 1
-    if last.state != common_pb2.JOB_STATE_SUCCEEDED:
-        detail = f": {last.error}" if last.error else ""
-        print(f"{job_id} {_state(last.state)}{detail}", file=sys.stderr)
-        return 1
+def _succeeded(client: Any, job_id: str, status: Any) -> None:
     report = client.get(job_id).report
-    print(f"{job_id} succeeded: published {last.result.model}@{last.result.version}")
+    print(f"{job_id} succeeded: published {status.result.model}@{status.result.version}")
     print(
         f"perplexity {report.perplexity_before:.4f} -> {report.perplexity_after:.4f} "
         f"over {report.eval_tokens} "
         f"tokens; weights {report.size_bytes_before} -> {report.size_bytes_after} bytes"
     )
-    return 0
 
 
-def _ls(client: Any, args: argparse.Namespace) -> int:
-    from cairn.v1 import common_pb2, quantizer_pb2
+def _row(job: Any) -> str:
+    from cairn.v1 import quantizer_pb2
 
-    states = [common_pb2.JobState.Value(f"JOB_STATE_{s.upper()}") for s in args.state]
-    for job in client.list(states):
-        if args.json:
-            print(json.dumps(_as_json(job)))
-            continue
-        progress = job.status.progress
-        steps = f"{progress.step}/{progress.total_steps}" if progress.total_steps else "-"
-        method = quantizer_pb2.QuantType.Name(job.spec.quant_type).removeprefix("QUANT_TYPE_").lower()
-        created = job.status.created_at.ToDatetime().strftime("%Y-%m-%d %H:%M")
-        ppl = f"{job.report.perplexity_after:.3f}" if job.report.eval_tokens else "-"
-        print(
-            f"{job.id}  {_state(job.status.state):9}  {method:16}  {job.spec.source.ref:28}  {steps:>7}  "
-            f"ppl {ppl:>9}  {created}"
-        )
-    return 0
+    progress = job.status.progress
+    steps = f"{progress.step}/{progress.total_steps}" if progress.total_steps else "-"
+    method = quantizer_pb2.QuantType.Name(job.spec.quant_type).removeprefix("QUANT_TYPE_").lower()
+    created = job.status.created_at.ToDatetime().strftime("%Y-%m-%d %H:%M")
+    ppl = f"{job.report.perplexity_after:.3f}" if job.report.eval_tokens else "-"
+    return (
+        f"{job.id}  {state_name(job.status.state):9}  {method:16}  {job.spec.source.ref:28}  {steps:>7}  "
+        f"ppl {ppl:>9}  {created}"
+    )
 
 
-def _show(client: Any, args: argparse.Namespace) -> int:
-    print(json.dumps(_as_json(client.get(args.job_id)), indent=2))
-    return 0
-
-
-def _cancel(client: Any, args: argparse.Namespace) -> int:
-    job = client.cancel(args.job_id)
-    print(f"{job.id} {_state(job.status.state)}")
-    return 0
+_JOBS = JobCommands(_CLIENT, _describe, _succeeded, _row, show_help="a job's spec, status and report as JSON")
