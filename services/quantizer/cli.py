@@ -175,8 +175,8 @@ def _run_here(args: argparse.Namespace) -> int:
 
 
 def _quantize_here(args: argparse.Namespace) -> int:
+    from cairn.jobs.datasets import fetch
     from cairn.services.registry.client import RegistryClient
-    from cairn.services.trainer.data.sources import fetch
 
     from .plan import is_directory, plan_from_spec
     from .quantize import quantize

@@ -160,7 +160,7 @@ class _Tokenizer:
 
 
 def _read(data: DataPlan, fetch: Fetch, tokenizer: _Tokenizer) -> _Data:
-    from cairn.services.trainer.data.sources import sha256_of
+    from cairn.jobs.datasets import sha256_of
 
     if data.token_ids_uri:
         path = fetch(data.token_ids_uri)

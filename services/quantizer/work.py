@@ -37,8 +37,8 @@ def resolve_device(name: str) -> torch.device:
 
 
 def run(ctx: JobContext) -> JobResult:
+    from cairn.jobs.datasets import fetch
     from cairn.services.registry.client import RegistryClient
-    from cairn.services.trainer.data.sources import fetch
 
     plan = plan_from_spec(spec_from_dict(ctx.spec))
     settings = ctx.settings

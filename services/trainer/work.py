@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from cairn.jobs.context import JobContext
+from cairn.jobs.datasets import fetch
 from cairn.jobs.records import JobResult
 
 from . import checkpoints, publish
@@ -24,7 +25,6 @@ from .convert import spec_from_dict
 from .data.batches import Schedule
 from .data.encode import PairSample
 from .data.prepare import PreparedData, prepare
-from .data.sources import fetch
 from .distributed import Dist, setup
 from .loop import Objective, TrainLoop
 from .modeling import load_model, load_tokenizer, resolve_precision

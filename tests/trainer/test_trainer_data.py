@@ -10,13 +10,13 @@ import pytest
 import torch
 
 from cairn.common.errors import DataLoss, InvalidArgument, NotFound
+from cairn.jobs.datasets import fetch, sha256_of
 from cairn.services.trainer.data.batches import Schedule, collate, eval_micro_batches
 from cairn.services.trainer.data.encode import FALLBACK_TEMPLATE, IGNORE, Encoder, Sample
 from cairn.services.trainer.data.examples import Conversation, Document, Message, Preference
 from cairn.services.trainer.data.packing import pack
 from cairn.services.trainer.data.prepare import prepare
 from cairn.services.trainer.data.reader import read_examples
-from cairn.services.trainer.data.sources import fetch, sha256_of
 from cairn.services.trainer.jobfile import spec_from_yaml
 from cairn.services.trainer.modeling import load_tokenizer
 from cairn.services.trainer.plan import DatasetFormat, plan_from_spec

@@ -10,13 +10,13 @@ from pathlib import Path
 from typing import Any
 
 from cairn.common.errors import InvalidArgument
+from cairn.jobs.datasets import check_sha256
 
 from ..plan import DatasetFormat, Method, TrainPlan, check_format_for_method
 from .encode import Encoder, PairSample, Sample, TemplateError
 from .examples import Conversation, Document, Example, Preference
 from .packing import Row, pack, single_rows
 from .reader import read_examples
-from .sources import check_sha256
 
 logger = logging.getLogger("cairn.trainer")
 

@@ -1,4 +1,5 @@
-"""Where dataset files come from: a local path, a URL fsspec can open, or a registry artifact "ref:path"."""
+"""Files jobs read (datasets, calibration text): a local path, a URL fsspec can open, or a registry
+artifact "ref:path"; fetched once per attempt and checked by digest."""
 
 from __future__ import annotations
 
