@@ -3,21 +3,26 @@
 Parameters are allocated once, uninitialized, on the target device; the
 checkpoint is then read shard by shard through safetensors' memory map and
 each tensor is copied (and cast) straight into its parameter, so no second
-full copy of the weights ever exists in host or device memory.
+full copy of the weights ever exists in host or device memory. A rank of a
+tensor-parallel group reads only its part of each tensor (safetensors slices),
+never the whole of it.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors import safe_open
 
 from cairn.common.errors import InvalidArgument, NotFound
+from cairn.services.worker.distributed import TensorParallel
 from cairn.services.worker.models import MODEL_CLASSES, LlamaForCausalLM, ModelConfig
+from cairn.services.worker.models.parallel import Narrow
 from cairn.services.worker.quantization import QuantConfig, QuantizedCheckpoint, quantize_model
 
 _INDEX = "model.safetensors.index.json"
@@ -54,12 +59,34 @@ def checkpoint_files(model_dir: Path) -> list[Path]:
     raise InvalidArgument(f"{model_dir} holds no {_SINGLE} or {_INDEX} (only safetensors checkpoints load)")
 
 
-def iter_checkpoint_tensors(files: list[Path]) -> Iterator[tuple[str, torch.Tensor]]:
-    """(name, CPU tensor backed by the file's memory map), one shard open at a time."""
+def iter_checkpoint_tensors(
+    files: list[Path], part_of: Callable[[str], Narrow | None] | None = None
+) -> Iterator[tuple[str, torch.Tensor]]:
+    """(name, CPU tensor backed by the file's memory map), one shard open at a time; with
+    `part_of`, only the part of each tensor it names (None: all of it) is read."""
     for file in files:
         with safe_open(file, framework="pt") as shard:
             for name in shard.keys():  # noqa: SIM118 - safe_open is not a mapping
-                yield name, shard.get_tensor(name)
+                part = part_of(name) if part_of is not None else None
+                yield name, shard.get_tensor(name) if part is None else read_part(shard, name, part)
+
+
+def read_part(shard: Any, name: str, part: Narrow) -> torch.Tensor:
+    """`part` of tensor `name` in the open safetensors `shard`, zero-padded past its end."""
+    tensor_slice = shard.get_slice(name)
+    shape = tensor_slice.get_shape()
+    if len(shape) <= part.dim or shape[part.dim] != part.full:
+        raise InvalidArgument(
+            f"checkpoint tensor {name} has shape {tuple(shape)}, expected {part.full} along dim {part.dim}"
+        )
+    end = min(part.start + part.length, part.full)
+    tensor = tensor_slice[(slice(None),) * part.dim + (slice(part.start, end),)]
+    missing = part.length - tensor.shape[part.dim]
+    if missing:
+        padding = list(tensor.shape)
+        padding[part.dim] = missing
+        tensor = torch.cat([tensor, tensor.new_zeros(padding)], dim=part.dim)
+    return tensor
 
 
 @contextlib.contextmanager
@@ -78,11 +105,18 @@ def build_model(
     dtype: torch.dtype,
     max_position: int,
     quant: QuantConfig | None = None,
+    tp: TensorParallel | None = None,
 ) -> LlamaForCausalLM:
-    """The model with uninitialized weights on `device`, ready for `load_weights`; with `quant`,
-    the linear layers it covers are quantized ones."""
+    """The model (this rank's share of it, with `tp`) with uninitialized weights on `device`,
+    ready for `load_weights`; with `quant`, the linear layers it covers are quantized ones."""
+    if tp is not None and tp.size > 1 and quant is not None and quant.weights is not None:
+        raise InvalidArgument(
+            f"weight-quantized checkpoints ({quant.name}) are served on one device per replica: "
+            f"tensor_parallel_size {tp.size} would need their packed weights and scales split across "
+            "ranks, which the worker does not do yet; serve the unquantized checkpoint instead"
+        )
     with torch.device("meta"), _default_dtype(dtype):
-        model = MODEL_CLASSES[config.architecture](config)
+        model = MODEL_CLASSES[config.architecture](config, tp)
         if quant is not None:
             quantize_model(model, quant, dtype)
     model.to_empty(device=device)
@@ -112,9 +146,10 @@ def load_model(
     dtype: torch.dtype,
     max_position: int,
     quant: QuantConfig | None = None,
+    tp: TensorParallel | None = None,
 ) -> LlamaForCausalLM:
-    model = build_model(config, device, dtype, max_position, quant)
-    weights = iter_checkpoint_tensors(checkpoint_files(model_dir))
+    model = build_model(config, device, dtype, max_position, quant, tp)
+    weights = iter_checkpoint_tensors(checkpoint_files(model_dir), model.checkpoint_part)
     if quant is not None:
         weights = QuantizedCheckpoint(model, quant).route(weights)
     with torch.no_grad():

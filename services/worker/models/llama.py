@@ -3,6 +3,10 @@
 Parameter names follow HF's, except that q/k/v and gate/up are fused into
 `qkv_proj` and `gate_up_proj` (one GEMM each instead of three and two);
 `load_weights` fills the fused matrices from the checkpoint's separate ones.
+
+With a tensor-parallel group of several ranks (`distributed.TensorParallel`)
+each rank builds its share of every layer (see `parallel.py`) and holds only
+that share of the weights; attention and MLP each end in one all-reduce.
 """
 
 from __future__ import annotations
@@ -14,8 +18,20 @@ from torch import nn
 
 from cairn import kernels
 from cairn.common.errors import InvalidArgument
+from cairn.services.worker.distributed import TensorParallel
 from cairn.services.worker.models.attention import AttentionMetadata, paged_attention
 from cairn.services.worker.models.config import ModelConfig
+from cairn.services.worker.models.parallel import (
+    ColumnParallelLinear,
+    Linear,
+    Narrow,
+    ParallelLMHead,
+    RowParallelLinear,
+    VocabParallelEmbedding,
+    check_shardable,
+    kv_head_replicas,
+    kv_heads_per_rank,
+)
 
 KVCaches = list[tuple[torch.Tensor, torch.Tensor]]
 
@@ -33,14 +49,6 @@ _FUSED_PARAMETERS = {("qkv_proj", "bias"): "qkv_bias"}
 _IGNORED_SUFFIXES = ("rotary_emb.inv_freq", "rotary_emb.cos_cached", "rotary_emb.sin_cached")
 
 
-class Linear(nn.Linear):
-    """nn.Linear through `kernels.linear`, so decode batches can take the Triton GEMV
-    (`kernels.triton_gemv`). Quantization replaces these like any nn.Linear."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return kernels.linear(x, self.weight, self.bias)
-
-
 class RMSNorm(nn.Module):
     def __init__(self, size: int, eps: float) -> None:
         super().__init__()
@@ -54,20 +62,27 @@ class RMSNorm(nn.Module):
 
 
 class LlamaAttention(nn.Module):
-    def __init__(self, config: ModelConfig) -> None:
+    """This rank's attention heads (all of them at one rank) and their KV heads."""
+
+    def __init__(self, config: ModelConfig, tp: TensorParallel) -> None:
         super().__init__()
-        self.num_heads = config.num_heads
-        self.num_kv_heads = config.num_kv_heads
+        self.tp = tp
+        self.num_heads = config.num_heads // tp.size
+        self.num_kv_heads = kv_heads_per_rank(config.num_kv_heads, tp.size)
         self.head_dim = config.head_dim
-        self.q_size = config.num_heads * config.head_dim
-        self.kv_size = config.num_kv_heads * config.head_dim
+        self.q_size = self.num_heads * config.head_dim
+        self.kv_size = self.num_kv_heads * config.head_dim
         self.scale = config.head_dim**-0.5
         qkv_size = self.q_size + 2 * self.kv_size
+        full_q, full_kv = config.num_heads * config.head_dim, config.num_kv_heads * config.head_dim
+        replicas = kv_head_replicas(config.num_kv_heads, tp.size)
         # The q/k/v bias (Qwen2) is added by the rotary kernel, not the GEMM: at one
         # row, cuBLAS has no bias epilogue and would launch a separate bias copy.
-        self.qkv_proj = Linear(config.hidden_size, qkv_size, bias=False)
+        self.qkv_proj = ColumnParallelLinear(
+            config.hidden_size, (full_q, full_kv, full_kv), tp, replicas=(1, replicas, replicas)
+        )
         self.qkv_bias = nn.Parameter(torch.empty(qkv_size)) if config.qkv_bias else None
-        self.o_proj = Linear(self.q_size, config.hidden_size, bias=config.o_proj_bias)
+        self.o_proj = RowParallelLinear(full_q, config.hidden_size, tp, bias=config.o_proj_bias)
 
     def shard_sizes(self) -> tuple[int, ...]:
         return (self.q_size, self.kv_size, self.kv_size)
@@ -88,15 +103,19 @@ class LlamaAttention(nn.Module):
         slots = meta.slot_mapping
         q = ops.rotary_and_cache(qkv, positions, rope_cache, k_cache, v_cache, slots, self.qkv_bias)
         out = paged_attention(q, kv_cache, meta, self.scale)
-        return self.o_proj(out.view(qkv.shape[0], self.q_size))
+        return self.tp.all_reduce(self.o_proj(out.view(qkv.shape[0], self.q_size)))
 
 
 class LlamaMLP(nn.Module):
-    def __init__(self, config: ModelConfig) -> None:
+    """This rank's part of the MLP's intermediate features (all of them at one rank)."""
+
+    def __init__(self, config: ModelConfig, tp: TensorParallel) -> None:
         super().__init__()
-        self.intermediate_size = config.intermediate_size
-        self.gate_up_proj = Linear(config.hidden_size, 2 * config.intermediate_size, bias=config.mlp_bias)
-        self.down_proj = Linear(config.intermediate_size, config.hidden_size, bias=config.mlp_bias)
+        self.tp = tp
+        size = config.intermediate_size
+        self.intermediate_size = size // tp.size
+        self.gate_up_proj = ColumnParallelLinear(config.hidden_size, (size, size), tp, bias=config.mlp_bias)
+        self.down_proj = RowParallelLinear(size, config.hidden_size, tp, bias=config.mlp_bias)
 
     def shard_sizes(self) -> tuple[int, ...]:
         return (self.intermediate_size, self.intermediate_size)
@@ -106,15 +125,15 @@ class LlamaMLP(nn.Module):
         that it can fuse the norm before it)."""
         down = self.down_proj
         if _plain(down) and kernels.gemv_applies(gate_up):
-            return kernels.silu_and_mul_gemv(gate_up, down.weight)
-        return down(kernels.silu_and_mul(gate_up))
+            return self.tp.all_reduce(kernels.silu_and_mul_gemv(gate_up, down.weight))
+        return self.tp.all_reduce(down(kernels.silu_and_mul(gate_up)))
 
 
 class LlamaDecoderLayer(nn.Module):
-    def __init__(self, config: ModelConfig) -> None:
+    def __init__(self, config: ModelConfig, tp: TensorParallel) -> None:
         super().__init__()
-        self.self_attn = LlamaAttention(config)
-        self.mlp = LlamaMLP(config)
+        self.self_attn = LlamaAttention(config, tp)
+        self.mlp = LlamaMLP(config, tp)
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
 
@@ -155,10 +174,10 @@ def _plain(linear: nn.Module) -> bool:
 
 
 class LlamaModel(nn.Module):
-    def __init__(self, config: ModelConfig) -> None:
+    def __init__(self, config: ModelConfig, tp: TensorParallel) -> None:
         super().__init__()
-        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
-        self.layers = nn.ModuleList(LlamaDecoderLayer(config) for _ in range(config.num_layers))
+        self.embed_tokens = VocabParallelEmbedding(config.vocab_size, config.hidden_size, tp)
+        self.layers = nn.ModuleList(LlamaDecoderLayer(config, tp) for _ in range(config.num_layers))
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
 
     def forward(
@@ -178,11 +197,14 @@ class LlamaModel(nn.Module):
 
 
 class LlamaForCausalLM(nn.Module):
-    def __init__(self, config: ModelConfig) -> None:
+    def __init__(self, config: ModelConfig, tp: TensorParallel | None = None) -> None:
+        """`tp`: this rank's place in a tensor-parallel group; None is a single device."""
         super().__init__()
+        self.tp = tp = tp or TensorParallel()
+        check_shardable(config, tp.size)
         self.config = config
-        self.model = LlamaModel(config)
-        self.lm_head = Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.model = LlamaModel(config, tp)
+        self.lm_head = ParallelLMHead(config.hidden_size, config.vocab_size, tp)
         self.rope_cache = torch.empty(0)
         self.tie_weights()
 
@@ -205,8 +227,8 @@ class LlamaForCausalLM(nn.Module):
         return self.model(input_ids, positions, self.rope_cache, meta, kv_caches)
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        """[N, hidden] -> [N, vocab] in the model's dtype: enough for an argmax, which a cast
-        cannot change."""
+        """[N, hidden] -> [N, vocab] in the model's dtype, on every rank: enough for an argmax,
+        which a cast cannot change."""
         return self.lm_head(hidden)
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
@@ -237,6 +259,21 @@ class LlamaForCausalLM(nn.Module):
         if missing:
             names = sorted(f"{n}[{s}]" if s is not None else n for n, s in missing)
             raise InvalidArgument(f"checkpoint is missing {len(missing)} weights, e.g. {names[:5]}")
+
+    def checkpoint_part(self, name: str) -> Narrow | None:
+        """The part of checkpoint tensor `name` this rank holds, so that a loader reads only that;
+        None when it holds all of it (always at one rank), or when `name` is not a parameter."""
+        if self.tp.size == 1:
+            return None
+        parts = name.split(".")
+        fused = _FUSED.get(parts[-2]) if len(parts) >= 2 else None
+        module_name = ".".join([*parts[:-2], fused[0]] if fused else parts[:-1])
+        try:
+            module = self.get_submodule(module_name)
+        except AttributeError:
+            return None
+        split = getattr(module, "checkpoint_part", None)
+        return None if split is None else split(parts[-1], fused[1] if fused else 0)
 
     def _destination(
         self, name: str, params: dict[str, nn.Parameter]
