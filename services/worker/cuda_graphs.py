@@ -9,6 +9,10 @@ replay, one D2H copy of the token ids. Other sampling reads the graph's
 logits. A batch runs in the smallest bucket that holds it; the padding rows
 write to slot -1 (skipped) and have length 0 (zero output).
 
+With LoRA, the graphs also read the batch's tokens grouped by adapter slot
+from two more buffers (`kernels.add_lora` runs in every wrapped projection;
+with no adapter token its programs return at once).
+
 With `compile_mode`, the step is first compiled by torch.compile (the kernels
 are opaque `torch.ops.cairn` custom ops) and the compiled code is captured.
 """
@@ -20,6 +24,7 @@ import torch
 
 from cairn.common.errors import InvalidArgument
 from cairn.services.worker.input_batch import HostBatch, Staging
+from cairn.services.worker.lora import LoRAAdapters, LoRAMapping
 from cairn.services.worker.models import AttentionMetadata, KVCaches, LlamaForCausalLM
 
 _MAX_CAPTURE_SIZE = 512
@@ -44,20 +49,28 @@ class DecodeGraphs:
         max_num_seqs: int,
         max_blocks_per_seq: int,
         compile_mode: str | None = None,
+        lora: LoRAAdapters | None = None,
     ) -> None:
         self.model = model
+        self.lora = lora
         self.kv_caches = kv_caches
         self.sizes = capture_sizes(max_num_seqs)
         self.max_size = size = self.sizes[-1]
         self.width = max_blocks_per_seq
         device = model.lm_head.weight.device
-        self.staging = Staging(4 * size + size * max_blocks_per_seq, device)
+        # ids | positions | slots | seq_lens | lora_order | lora_starts | block tables
+        lora_size = 0 if lora is None else size + lora.max_loras + 1
+        self.header = 4 * size + lora_size
+        self.staging = Staging(self.header + size * max_blocks_per_seq, device)
         buffer = self.staging.device
         self.input_ids = buffer[:size]
         self.positions = buffer[size : 2 * size]
         self.slot_mapping = buffer[2 * size : 3 * size]
         self.seq_lens = buffer[3 * size : 4 * size]
-        self.block_tables = buffer[4 * size :].view(size, max_blocks_per_seq)
+        lora_end = 4 * size + (0 if lora is None else size)
+        self.lora_order = buffer[4 * size : lora_end]
+        self.lora_starts = buffer[lora_end : self.header]
+        self.block_tables = buffer[self.header :].view(size, max_blocks_per_seq)
         # Until the first replay every row is padding: nothing written, nothing read.
         self.slot_mapping.fill_(-1)
         self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
@@ -132,9 +145,16 @@ class DecodeGraphs:
             start = section * max_size
             host[start : start + count] = values
             host[start + count : start + size] = pad
-        tables = host[4 * max_size : 4 * max_size + count * width].reshape(count, width)
+        if self.lora is not None:
+            if batch.lora_order is None:
+                host[5 * max_size : self.header] = 0
+            else:
+                host[4 * max_size : 4 * max_size + count] = batch.lora_order
+                host[5 * max_size : self.header] = batch.lora_starts
+        header = self.header
+        tables = host[header : header + count * width].reshape(count, width)
         tables[:, : batch.block_tables.shape[1]] = batch.block_tables
-        self.staging.upload(4 * max_size + count * width)
+        self.staging.upload(header + count * width)
         if input_ids is not None:
             self.input_ids[:count].copy_(input_ids)
         return size
@@ -147,6 +167,8 @@ class DecodeGraphs:
             decode_block_tables=self.block_tables[:size],
             decode_seq_lens=self.seq_lens[:size],
         )
+        if self.lora is not None:
+            self.lora.set_mapping(LoRAMapping(self.lora_order[:size], self.lora_starts))
         hidden = self.model(self.input_ids[:size], self.positions[:size], meta, self.kv_caches)
         logits = self.model.logits(hidden)
         return logits, logits.argmax(dim=-1)

@@ -54,6 +54,10 @@ class EngineConfig:
     # KV cache element type: "auto" (the checkpoint's kv_cache_scheme, else the model dtype),
     # "int8" or "fp8" (the checkpoint's static scales when it has them, else dynamic ones).
     kv_cache_dtype: str = "auto"
+    # LoRA: adapters resident at once in the device pool (0 disables LoRA), and the largest rank
+    # accepted (every slot is allocated at this rank).
+    max_loras: int = 0
+    max_lora_rank: int = 16
 
     def __post_init__(self) -> None:
         checks = [
@@ -75,6 +79,8 @@ class EngineConfig:
                 f"num_blocks must be > 0, got {self.num_blocks}",
             ),
             (self.cpu_kv_cache_gb > 0, f"cpu_kv_cache_gb must be > 0, got {self.cpu_kv_cache_gb}"),
+            (self.max_loras >= 0, f"max_loras must be >= 0, got {self.max_loras}"),
+            (self.max_lora_rank > 0, f"max_lora_rank must be > 0, got {self.max_lora_rank}"),
             (self.max_num_seqs > 0, f"max_num_seqs must be > 0, got {self.max_num_seqs}"),
             (
                 self.max_num_batched_tokens >= self.max_num_seqs,

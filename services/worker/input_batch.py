@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from cairn.kernels.reference.lora import lora_segments
+from cairn.services.worker.lora.layer import LoRAMapping
 from cairn.services.worker.models import AttentionMetadata
 from cairn.services.worker.sequence_table import SeqState, SequenceTable
 
@@ -52,6 +54,10 @@ class HostBatch:
     sampled_rows: np.ndarray
     sample_rows: np.ndarray | None = None
     prompt_logprobs: list[PromptLogprobSpan] = field(default_factory=list)
+    # Tokens grouped by LoRA adapter slot ([T] and [max_loras + 1], see `kernels.add_lora`);
+    # None when no token of the batch runs with an adapter.
+    lora_order: np.ndarray | None = None
+    lora_starts: np.ndarray | None = None
 
     @property
     def num_tokens(self) -> int:
@@ -72,6 +78,7 @@ class DeviceBatch:
     positions: torch.Tensor  # [T] int32
     meta: AttentionMetadata
     logits_indices: torch.Tensor | None
+    lora: LoRAMapping | None = None
 
 
 class Staging:
@@ -115,11 +122,19 @@ class Staging:
 
 class InputBatchBuilder:
     def __init__(
-        self, table: SequenceTable, max_num_tokens: int, max_num_seqs: int, device: torch.device
+        self,
+        table: SequenceTable,
+        max_num_tokens: int,
+        max_num_seqs: int,
+        device: torch.device,
+        max_loras: int = 0,
     ) -> None:
         self.table = table
         self.block_size = table.block_size
+        self.max_loras = max_loras
         capacity = 4 * max_num_tokens + 2 * max_num_seqs + 1 + max_num_seqs * table.max_blocks_per_seq
+        if max_loras:
+            capacity += max_num_tokens + max_loras + 1
         self.staging = Staging(capacity, device)
 
     def build(
@@ -161,6 +176,11 @@ class InputBatchBuilder:
             sampled=[s for s, flag in zip(states, sample, strict=True) if flag],
             sampled_rows=rows[sample],
         )
+        if self.max_loras:
+            token_slots = table.lora_slots[token_rows]
+            if (token_slots >= 0).any():
+                order, starts = lora_segments(torch.from_numpy(token_slots), self.max_loras)
+                batch.lora_order, batch.lora_starts = order.numpy(), starts.numpy()
         if num_decodes < len(states):
             batch.query_start_loc = np.concatenate(([0], np.cumsum(counts[num_decodes:])))
         wants_prompt_logprobs = [s.sampling.prompt_logprobs is not None for s in states]
@@ -199,12 +219,15 @@ class InputBatchBuilder:
 
     def upload(self, batch: HostBatch) -> DeviceBatch:
         """One H2D copy of every int array; the compact layout is
-        ids | positions | slots | seq_lens | query_start_loc | block_tables | logits_indices."""
+        ids | positions | slots | seq_lens | query_start_loc | block_tables | logits_indices
+        | lora_order | lora_starts."""
         host = self.staging.host()
         tokens, seqs, decodes = batch.num_tokens, batch.num_seqs, batch.num_decodes
         prefills = seqs - decodes
         sizes = [tokens, tokens, tokens, seqs, 0 if prefills == 0 else prefills + 1, batch.block_tables.size]
         sizes.append(0 if batch.logits_indices is None else len(batch.logits_indices))
+        has_lora = batch.lora_order is not None
+        sizes += [tokens, self.max_loras + 1] if has_lora else [0, 0]
         offsets = np.cumsum([0, *sizes])
         host[offsets[0] : offsets[1]] = batch.input_ids
         host[offsets[1] : offsets[2]] = batch.positions
@@ -215,6 +238,9 @@ class InputBatchBuilder:
         host[offsets[5] : offsets[6]] = batch.block_tables.ravel()
         if batch.logits_indices is not None:
             host[offsets[6] : offsets[7]] = batch.logits_indices
+        if has_lora:
+            host[offsets[7] : offsets[8]] = batch.lora_order
+            host[offsets[8] : offsets[9]] = batch.lora_starts
         device = self.staging.upload(int(offsets[-1]))
         views = [device[offsets[i] : offsets[i + 1]] for i in range(len(sizes))]
         seq_lens = views[3]
@@ -232,4 +258,5 @@ class InputBatchBuilder:
             positions=views[1],
             meta=meta,
             logits_indices=None if batch.logits_indices is None else views[6],
+            lora=LoRAMapping(views[7], views[8]) if has_lora else None,
         )

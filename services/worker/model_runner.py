@@ -15,6 +15,7 @@ from __future__ import annotations
 import itertools
 import json
 import logging
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -25,6 +26,7 @@ from cairn.services.worker.engine_config import EngineConfig
 from cairn.services.worker.input_batch import HostBatch, InputBatchBuilder, PromptLogprobSpan
 from cairn.services.worker.kv_cache import KVCache, accelerator_kv_budget, num_blocks_for
 from cairn.services.worker.loader import build_model, init_dummy_weights, load_model, resolve_model_path
+from cairn.services.worker.lora import LoadedAdapter, LoRAAdapters
 from cairn.services.worker.models import LlamaForCausalLM, ModelConfig
 from cairn.services.worker.quantization import (
     KVCacheQuant,
@@ -65,6 +67,7 @@ class ModelRunner:
         self.weight_bytes = 0
         self.kv_quant: KVCacheQuant | None = None
         self.peak_activation_bytes = 0
+        self.lora: LoRAAdapters | None = None
 
     # -- setup ---------------------------------------------------------------------------------
 
@@ -95,6 +98,8 @@ class ModelRunner:
                 self.model_dir, model_config, self.device, self.dtype, self.max_model_len, quant
             )
         self.kv_quant = resolve_kv_cache(config.kv_cache_dtype, quant, self.model)
+        if config.max_loras:
+            self.lora = LoRAAdapters(self.model, config.max_loras, config.max_lora_rank, str(config.model))
         tensors = itertools.chain(self.model.parameters(), self.model.buffers())
         self.weight_bytes = sum(t.nbytes for t in tensors)
         log.info(
@@ -147,6 +152,7 @@ class ModelRunner:
             self.config.max_num_seqs,
             self.table.max_blocks_per_seq,
             self.compile_mode,
+            self.lora,
         )
         self.graphs.capture()
 
@@ -169,7 +175,7 @@ class ModelRunner:
             self.max_model_len, self.block_size, num_blocks, self.model_config.vocab_size, config.max_num_seqs
         )
         self.builder = InputBatchBuilder(
-            self.table, config.max_num_batched_tokens, config.max_num_seqs, self.device
+            self.table, config.max_num_batched_tokens, config.max_num_seqs, self.device, config.max_loras
         )
 
     def _profile_num_blocks(self) -> int:
@@ -212,6 +218,43 @@ class ModelRunner:
         )
         return num_blocks_for(budget, self.model_config, self.block_size, self.dtype, self.kv_quant)
 
+    # -- LoRA adapters -------------------------------------------------------------------------
+
+    def load_adapter(self, name: str, directory: Path, source: str | None = None) -> LoadedAdapter:
+        """Loads the PEFT adapter in `directory` into the pool as `name` (evicting the least
+        recently used adapter no live sequence runs with); `source` is what to report it loaded
+        from (a registry reference), by default the directory."""
+        lora = self._lora_enabled()
+        held = self.table.held_lora_slots() if self.kv_cache is not None else set()
+        return lora.load(name, Path(directory), held, source)
+
+    def unload_adapter(self, name: str) -> bool:
+        """Frees `name`'s slot; False if it was not loaded. FailedPrecondition while a live
+        sequence runs with it."""
+        lora = self._lora_enabled()
+        held = self.table.held_lora_slots() if self.kv_cache is not None else set()
+        return lora.unload(name, held)
+
+    @property
+    def adapters(self) -> list[LoadedAdapter]:
+        return [] if self.lora is None else self.lora.adapters
+
+    def _lora_enabled(self) -> LoRAAdapters:
+        if self.model is None:
+            raise FailedPrecondition("load() the model before loading adapters")
+        if self.lora is None:
+            raise FailedPrecondition("LoRA is disabled on this worker (max_loras is 0)")
+        return self.lora
+
+    def _lora_slot(self, new: NewSequence) -> int:
+        if not new.adapter:
+            return -1
+        if self.lora is None:
+            raise FailedPrecondition(
+                f"sequence {new.seq_id} asks for adapter {new.adapter!r}, but LoRA is disabled on this worker"
+            )
+        return self.lora.slot(new.adapter)
+
     # -- steps ---------------------------------------------------------------------------------
 
     def free(self, seq_ids: list[int]) -> int:
@@ -224,7 +267,7 @@ class ModelRunner:
             raise FailedPrecondition("the worker has no KV cache yet; load a model first")
         self.free(step.finished_seq_ids)
         for new in step.new_seqs:
-            self.table.add(new)
+            self.table.add(new, self._lora_slot(new))
         if step.block_copies:
             self._copy_blocks(step.block_copies)
         if not step.scheduled:
@@ -329,6 +372,8 @@ class ModelRunner:
         inputs = self.builder.upload(batch)
         if input_ids is not None:
             inputs.input_ids.copy_(input_ids)
+        if self.lora is not None:
+            self.lora.set_mapping(inputs.lora)
         hidden = self.model(inputs.input_ids, inputs.positions, inputs.meta, self.kv_cache.layers)
         if not batch.sampled and not batch.prompt_logprobs:
             return None, None

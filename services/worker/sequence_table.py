@@ -27,6 +27,8 @@ class SeqState:
     sampling: SamplingParams
     prompt_ids: list[int]
     output_ids: list[int]
+    # Its LoRA adapter's pool slot, -1 for the base model; the adapter stays resident while it lives.
+    lora_slot: int = -1
 
 
 class SequenceTable:
@@ -43,6 +45,7 @@ class SequenceTable:
         # Per row: tokens known (computed or not) and blocks in the table.
         self.num_tokens = np.zeros(rows, dtype=np.int64)
         self.num_blocks = np.zeros(rows, dtype=np.int64)
+        self.lora_slots = np.full(rows, -1, dtype=np.int32)
         self.seqs: dict[int, SeqState] = {}
         self._free_rows = list(range(rows - 1, -1, -1))
 
@@ -55,11 +58,15 @@ class SequenceTable:
             raise NotFound(f"sequence {seq_id} is unknown to this worker (never introduced, or freed)")
         return state
 
-    def add(self, new: NewSequence) -> SeqState:
-        """Introduces a sequence; an id the worker already knows is forgotten and re-learnt."""
+    def add(self, new: NewSequence, lora_slot: int = -1) -> SeqState:
+        """Introduces a sequence (running with the adapter in `lora_slot`, -1: none); an id the
+        worker already knows is forgotten and re-learnt."""
         tokens = np.asarray(new.token_ids, dtype=np.int64)
         self._check_tokens(new, tokens)
         parent = self.get(new.parent_seq_id) if new.parent_seq_id is not None else None
+        if parent is not None and parent.lora_slot != lora_slot:
+            # Its shared blocks hold the parent's adapter's KV.
+            raise InvalidArgument(f"sequence {new.seq_id} must run with its parent's adapter")
         self.remove(new.seq_id)
         state = SeqState(
             seq_id=new.seq_id,
@@ -67,8 +74,10 @@ class SequenceTable:
             sampling=new.sampling,
             prompt_ids=list(new.token_ids[: new.num_prompt_tokens]),
             output_ids=list(new.token_ids[new.num_prompt_tokens :]),
+            lora_slot=lora_slot,
         )
         row = state.row
+        self.lora_slots[row] = lora_slot
         self.token_ids[row, : len(tokens)] = tokens
         self.num_tokens[row] = len(tokens)
         self.num_blocks[row] = 0
@@ -82,6 +91,10 @@ class SequenceTable:
             self.block_tables[row, :shared] = self.block_tables[parent.row, :shared]
             self.num_blocks[row] = shared
         return state
+
+    def held_lora_slots(self) -> set[int]:
+        """The adapter slots live sequences run with."""
+        return {state.lora_slot for state in self.seqs.values() if state.lora_slot >= 0}
 
     def remove(self, seq_id: int) -> bool:
         state = self.seqs.pop(seq_id, None)
@@ -130,5 +143,6 @@ class SequenceTable:
             self.block_tables = np.concatenate([self.block_tables, np.zeros_like(self.block_tables)])
             self.num_tokens = np.concatenate([self.num_tokens, np.zeros_like(self.num_tokens)])
             self.num_blocks = np.concatenate([self.num_blocks, np.zeros_like(self.num_blocks)])
+            self.lora_slots = np.concatenate([self.lora_slots, np.full_like(self.lora_slots, -1)])
             self._free_rows = list(range(2 * rows - 1, rows - 1, -1))
         return self._free_rows.pop()

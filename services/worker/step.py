@@ -30,6 +30,8 @@ class NewSequence:
     # A forked sample (n > 1) starts from its parent's worker-side state and
     # block table; token_ids then repeat the parent's tokens.
     parent_seq_id: int | None = None
+    # The LoRA adapter it runs with (loaded on the worker by that name); "" is the base model.
+    adapter: str = ""
 
 
 @dataclass
