@@ -99,6 +99,7 @@ def engine_config_from_proto(config: worker_pb2.EngineConfig) -> EngineConfig:
         dtype=_DTYPES[config.dtype],
         device=_DEVICES[config.device],
         device_index=config.device_index,
+        tensor_parallel_size=config.tensor_parallel_size or 1,
         block_size=config.block_size or 16,
         gpu_memory_utilization=(
             config.gpu_memory_utilization if config.HasField("gpu_memory_utilization") else 0.9
@@ -126,6 +127,7 @@ def engine_config_to_proto(config: EngineConfig) -> worker_pb2.EngineConfig:
         dtype=dtypes[config.dtype],
         device=devices[config.device],
         device_index=config.device_index,
+        tensor_parallel_size=config.tensor_parallel_size,
         block_size=config.block_size,
         gpu_memory_utilization=config.gpu_memory_utilization,
         num_blocks=config.num_blocks or 0,

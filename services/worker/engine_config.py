@@ -28,6 +28,8 @@ class EngineConfig:
     # "auto" picks CUDA, then XPU, then CPU.
     device: str = "auto"
     device_index: int = 0
+    # Devices one replica is split over (tensor parallelism); heads and MLP must split evenly.
+    tensor_parallel_size: int = 1
     block_size: int = 16
     # Fraction of the accelerator's memory the worker may fill, KV cache included.
     gpu_memory_utilization: float = 0.9
@@ -70,6 +72,10 @@ class EngineConfig:
                 f"kv_cache_dtype must be one of {list(KV_CACHE_DTYPES)}",
             ),
             (self.block_size > 0, f"block_size must be > 0, got {self.block_size}"),
+            (
+                self.tensor_parallel_size > 0,
+                f"tensor_parallel_size must be > 0, got {self.tensor_parallel_size}",
+            ),
             (
                 0.0 < self.gpu_memory_utilization <= 1.0,
                 f"gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization}",

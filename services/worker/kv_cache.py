@@ -9,15 +9,29 @@ never allocates them, it only checks they are in range.
 A quantized cache (`KVCacheQuant`) holds INT8/FP8 codes and hands each layer
 `(k, v, k_scale, v_scale)`: static per-tensor scales, or dynamic ones
 `[num_blocks, block_size, num_kv_heads]` allocated beside the codes.
+
+A rank of a tensor-parallel replica caches only the KV heads its attention
+heads read (`rank_cache_config`); every rank has the same block count, so the
+scheduler's block ids mean the same slots on all of them.
 """
 
 from __future__ import annotations
+
+import dataclasses
 
 import torch
 
 from cairn.common.errors import ResourceExhausted
 from cairn.services.worker.models import ModelConfig
+from cairn.services.worker.models.parallel import kv_heads_per_rank
 from cairn.services.worker.quantization import KVCacheQuant
+
+
+def rank_cache_config(config: ModelConfig, tp_size: int) -> ModelConfig:
+    """`config` as the KV cache of one rank of `tp_size` sees it: with that rank's KV heads."""
+    if tp_size == 1:
+        return config
+    return dataclasses.replace(config, num_kv_heads=kv_heads_per_rank(config.num_kv_heads, tp_size))
 
 
 def block_bytes(

@@ -8,6 +8,11 @@ range and covering every slot, budgets respected) and runs exactly that.
 Forked sequences (`parent_seq_id`) inherit the parent's *full* blocks for
 their tokens; the scheduler appends the fork's own tail block (usually the
 copy-on-write destination of a `block_copies` pair) through `new_block_ids`.
+
+In a tensor-parallel group every rank runs its own runner on the same calls
+(`group.py`), each with its share of the weights and KV heads; rank 0 draws
+the sampled tokens and the other ranks receive them, so all keep the same
+sequences.
 """
 
 from __future__ import annotations
@@ -22,9 +27,10 @@ import torch
 
 from cairn.common.errors import FailedPrecondition, InvalidArgument
 from cairn.services.worker.cuda_graphs import DecodeGraphs
+from cairn.services.worker.distributed import TensorParallel
 from cairn.services.worker.engine_config import EngineConfig
 from cairn.services.worker.input_batch import HostBatch, InputBatchBuilder, PromptLogprobSpan
-from cairn.services.worker.kv_cache import KVCache, accelerator_kv_budget, num_blocks_for
+from cairn.services.worker.kv_cache import KVCache, accelerator_kv_budget, num_blocks_for, rank_cache_config
 from cairn.services.worker.loader import build_model, init_dummy_weights, load_model, resolve_model_path
 from cairn.services.worker.lora import LoadedAdapter, LoRAAdapters
 from cairn.services.worker.models import LlamaForCausalLM, ModelConfig
@@ -52,9 +58,19 @@ log = logging.getLogger(__name__)
 
 
 class ModelRunner:
-    def __init__(self, config: EngineConfig, compile_mode: str | None = None) -> None:
+    def __init__(
+        self, config: EngineConfig, compile_mode: str | None = None, tp: TensorParallel | None = None
+    ) -> None:
         """`compile_mode`: torch.compile mode for the decode step captured in CUDA graphs (e.g.
-        "max-autotune-no-cudagraphs"); None captures the eager kernels."""
+        "max-autotune-no-cudagraphs"); None captures the eager kernels. `tp`: this rank of a
+        tensor-parallel group of `config.tensor_parallel_size` ranks (None: a single device)."""
+        self.tp = tp or TensorParallel()
+        if self.tp.size != config.tensor_parallel_size:
+            raise InvalidArgument(
+                f"tensor_parallel_size {config.tensor_parallel_size} needs a group of that many ranks, "
+                f"this runner has {self.tp.size}: tensor-parallel workers start as a group "
+                "(the scheduler's Ray launcher, or group.spawn_local_group)"
+            )
         self.config = config
         self.compile_mode = compile_mode
         self.device = config.torch_device()
@@ -89,13 +105,16 @@ class ModelRunner:
         dummy = config.load_format == "dummy"
         declared = checkpoint_quantization(json.loads((self.model_dir / "config.json").read_text()))
         self.quantization = quant = engine_quantization(config.quantization, declared, dummy)
+        self.cache_config = rank_cache_config(model_config, self.tp.size)
         if dummy:
-            self.model = build_model(model_config, self.device, self.dtype, self.max_model_len, quant)
+            self.model = build_model(
+                model_config, self.device, self.dtype, self.max_model_len, quant, self.tp
+            )
             init_dummy_weights(self.model, config.seed)
             init_dummy_quantized(self.model, config.seed)
         else:
             self.model = load_model(
-                self.model_dir, model_config, self.device, self.dtype, self.max_model_len, quant
+                self.model_dir, model_config, self.device, self.dtype, self.max_model_len, quant, self.tp
             )
         self.kv_quant = resolve_kv_cache(config.kv_cache_dtype, quant, self.model)
         if config.max_loras:
@@ -117,19 +136,21 @@ class ModelRunner:
 
         On an accelerator a full-size dummy step measures the peak activation
         memory, and `gpu_memory_utilization` of the device minus that peak
-        goes to blocks. On the CPU the size is `cpu_kv_cache_gb`.
+        goes to blocks. On the CPU the size is `cpu_kv_cache_gb`. The ranks of a
+        tensor-parallel group take the smallest of their counts.
         """
         if self.model is None:
             raise FailedPrecondition("load() the model before allocating the KV cache")
-        config, model_config = self.config, self.model_config
+        config, cache_config = self.config, self.cache_config
         if config.num_blocks is not None:
             num_blocks = config.num_blocks
         elif self.device.type == "cpu":
             num_blocks = num_blocks_for(
-                int(config.cpu_kv_cache_gb * 2**30), model_config, self.block_size, self.dtype, self.kv_quant
+                int(config.cpu_kv_cache_gb * 2**30), cache_config, self.block_size, self.dtype, self.kv_quant
             )
         else:
             num_blocks = self._profile_num_blocks()
+        num_blocks = self.tp.min(num_blocks)
         self._allocate(num_blocks)
         if self.device.type == "cuda" and not config.enforce_eager:
             self.capture_graphs()
@@ -168,7 +189,7 @@ class ModelRunner:
         config = self.config
         self.kv_cache = None
         self.kv_cache = KVCache(
-            self.model_config, num_blocks, self.block_size, self.dtype, self.device, self.kv_quant
+            self.cache_config, num_blocks, self.block_size, self.dtype, self.device, self.kv_quant
         )
         self.num_blocks = num_blocks
         self.table = SequenceTable(
@@ -216,7 +237,7 @@ class ModelRunner:
             self.peak_activation_bytes / 2**30,
             budget / 2**30,
         )
-        return num_blocks_for(budget, self.model_config, self.block_size, self.dtype, self.kv_quant)
+        return num_blocks_for(budget, self.cache_config, self.block_size, self.dtype, self.kv_quant)
 
     # -- LoRA adapters -------------------------------------------------------------------------
 
@@ -395,7 +416,21 @@ class ModelRunner:
             return SamplerOutput(token_ids=argmax)
         if sample_rows is not None:
             logits = logits[torch.from_numpy(sample_rows).to(self.device)]
-        return self.sampler(logits, sampling)
+        return self._draw(logits, sampling)
+
+    def _draw(self, logits: torch.Tensor, sampling: SamplingBatch) -> SamplerOutput:
+        """The sampler's tokens. In a tensor-parallel group rank 0 draws them and the other
+        ranks receive them, so every rank feeds back the same tokens whatever randomness
+        is involved; an argmax needs no exchange, every rank holding the same logits."""
+        tp = self.tp
+        if tp.size == 1 or sampling.argmax_only:
+            return self.sampler(logits, sampling)
+        if tp.is_leader:
+            result = self.sampler(logits, sampling)
+            tp.broadcast(result.token_ids)
+            return result
+        token_ids = torch.empty(logits.shape[0], dtype=torch.int64, device=logits.device)
+        return SamplerOutput(token_ids=tp.broadcast(token_ids))
 
     def _multi_step(
         self, states: list[SeqState], rows: np.ndarray, starts: np.ndarray, num_steps: int
@@ -426,7 +461,7 @@ class ModelRunner:
             if k:
                 sampling = self._sampling_batch(states)
             logits, _ = self._logits(self.builder.build(states, rows, starts + k, ones, flags))
-            result = self.sampler(logits, sampling)
+            result = self._draw(logits, sampling)
             token_ids = result.token_ids.tolist()
             self.table.append_tokens(states, rows, [[t] for t in token_ids])
             for output, token in zip(outputs, self._tokens(states, token_ids, result), strict=True):
