@@ -27,6 +27,8 @@ import torch.distributed as dist
 from cairn.common.errors import InvalidArgument
 
 _DEVICE_BACKENDS = {"cpu": "gloo", "cuda": "nccl", "xpu": "xccl"}
+# Every rank must have joined by then (a rank that died on its way fails the others).
+RENDEZVOUS_TIMEOUT = datetime.timedelta(minutes=5)
 # Followers wait on the control group for rank 0's next call however long the
 # replica sits idle; a dead peer still fails them at once (its socket closes).
 CONTROL_TIMEOUT = datetime.timedelta(days=365)
@@ -95,10 +97,10 @@ def init_tensor_parallel(rank: int, size: int, init_method: str, device: torch.d
     if device.type != "cpu":
         torch.get_device_module(device).set_device(device)
     dist.init_process_group(
-        "gloo", init_method=init_method, rank=rank, world_size=size, timeout=CONTROL_TIMEOUT
+        "gloo", init_method=init_method, rank=rank, world_size=size, timeout=RENDEZVOUS_TIMEOUT
     )
-    control = dist.group.WORLD
-    device_group = control if backend == "gloo" else dist.new_group(backend=backend, timeout=DEVICE_TIMEOUT)
+    control = dist.new_group(backend="gloo", timeout=CONTROL_TIMEOUT)
+    device_group = dist.new_group(backend=backend, timeout=DEVICE_TIMEOUT)
     tp = TensorParallel(rank, size, device_group, control)
     # NCCL sets up its communicator on the first collective, which must not be inside a graph capture.
     tp.all_reduce(torch.zeros(1, device=device))
