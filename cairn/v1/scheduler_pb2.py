@@ -26,7 +26,7 @@ from cairn.v1 import common_pb2 as cairn_dot_v1_dot_common__pb2
 from cairn.v1 import worker_pb2 as cairn_dot_v1_dot_worker__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x63\x61irn/v1/scheduler.proto\x12\x08\x63\x61irn.v1\x1a\x15\x63\x61irn/v1/common.proto\x1a\x15\x63\x61irn/v1/worker.proto\"\xd0\x01\n\x0fScheduleRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x18\n\x10prompt_token_ids\x18\x02 \x03(\x05\x12*\n\x08sampling\x18\x03 \x01(\x0b\x32\x18.cairn.v1.SamplingParams\x12$\n\x04stop\x18\x04 \x01(\x0b\x32\x16.cairn.v1.StopCriteria\x12\t\n\x01n\x18\x05 \x01(\r\x12\x0f\n\x07\x62\x65st_of\x18\x06 \x01(\r\x12\x10\n\x08priority\x18\x07 \x01(\x05\x12\x0f\n\x07\x61\x64\x61pter\x18\x08 \x01(\t\"\x8a\x01\n\rSequenceDelta\x12\r\n\x05index\x18\x01 \x01(\r\x12\x1f\n\x06tokens\x18\x02 \x03(\x0b\x32\x0f.cairn.v1.Token\x12-\n\rfinish_reason\x18\x03 \x01(\x0e\x32\x16.cairn.v1.FinishReason\x12\x1a\n\x12\x63umulative_logprob\x18\x04 \x01(\x01\"\xba\x01\n\x10ScheduleResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12*\n\tsequences\x18\x02 \x03(\x0b\x32\x17.cairn.v1.SequenceDelta\x12(\n\x0fprompt_logprobs\x18\x03 \x03(\x0b\x32\x0f.cairn.v1.Token\x12\x1e\n\x05usage\x18\x04 \x01(\x0b\x32\x0f.cairn.v1.Usage\x12\x1c\n\x14\x63\x61\x63hed_prompt_tokens\x18\x05 \x01(\r\"\"\n\x0c\x41\x62ortRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\" \n\rAbortResponse\x12\x0f\n\x07\x61\x62orted\x18\x01 \x01(\x08\"\x16\n\x14SchedulerInfoRequest\"\xb1\x01\n\rSchedulerInfo\x12\x12\n\ndeployment\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x15\n\rmax_model_len\x18\x03 \x01(\r\x12\x12\n\nvocab_size\x18\x04 \x01(\r\x12\x15\n\reos_token_ids\x18\x05 \x03(\x05\x12\x12\n\nblock_size\x18\x06 \x01(\r\x12\'\n\x08\x61\x64\x61pters\x18\x07 \x03(\x0b\x32\x15.cairn.v1.AdapterInfo\"\x0e\n\x0cStatsRequest\"\xb8\x01\n\x0bWorkerState\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12&\n\x06health\x18\x02 \x01(\x0e\x32\x16.cairn.v1.WorkerHealth\x12\x0e\n\x06\x64\x65vice\x18\x03 \x01(\t\x12\x0f\n\x07running\x18\x04 \x01(\r\x12\x12\n\nnum_blocks\x18\x05 \x01(\r\x12\x13\n\x0bused_blocks\x18\x06 \x01(\r\x12\x15\n\rcached_blocks\x18\x07 \x01(\r\x12\r\n\x05steps\x18\x08 \x01(\x04\"\xea\x01\n\x0eSchedulerStats\x12\x0f\n\x07waiting\x18\x01 \x01(\r\x12\x0f\n\x07running\x18\x02 \x01(\r\x12\x13\n\x0bpreemptions\x18\x03 \x01(\x04\x12\x10\n\x08kv_usage\x18\x04 \x01(\x02\x12\x1d\n\x15prefix_cache_hit_rate\x18\x05 \x01(\x02\x12&\n\x07workers\x18\x06 \x03(\x0b\x32\x15.cairn.v1.WorkerState\x12\x19\n\x11\x66inished_requests\x18\x07 \x01(\x04\x12\x18\n\x10generated_tokens\x18\x08 \x01(\x04\x12\x13\n\x0b\x66ree_blocks\x18\t \x01(\r\"\'\n\x13ScaleWorkersRequest\x12\x10\n\x08replicas\x18\x01 \x01(\r\">\n\x14ScaleWorkersResponse\x12&\n\x07workers\x18\x01 \x03(\x0b\x32\x15.cairn.v1.WorkerState\"\x14\n\x12ListWorkersRequest\"=\n\x13ListWorkersResponse\x12&\n\x07workers\x18\x01 \x03(\x0b\x32\x15.cairn.v1.WorkerState*\x98\x01\n\x0cWorkerHealth\x12\x1d\n\x19WORKER_HEALTH_UNSPECIFIED\x10\x00\x12\x1a\n\x16WORKER_HEALTH_STARTING\x10\x01\x12\x19\n\x15WORKER_HEALTH_HEALTHY\x10\x02\x12\x1a\n\x16WORKER_HEALTH_DRAINING\x10\x03\x12\x16\n\x12WORKER_HEALTH_DEAD\x10\x04\x32\xa4\x03\n\tScheduler\x12\x43\n\x08Generate\x12\x19.cairn.v1.ScheduleRequest\x1a\x1a.cairn.v1.ScheduleResponse0\x01\x12\x38\n\x05\x41\x62ort\x12\x16.cairn.v1.AbortRequest\x1a\x17.cairn.v1.AbortResponse\x12\x42\n\x07GetInfo\x12\x1e.cairn.v1.SchedulerInfoRequest\x1a\x17.cairn.v1.SchedulerInfo\x12\x39\n\x05Stats\x12\x16.cairn.v1.StatsRequest\x1a\x18.cairn.v1.SchedulerStats\x12M\n\x0cScaleWorkers\x12\x1d.cairn.v1.ScaleWorkersRequest\x1a\x1e.cairn.v1.ScaleWorkersResponse\x12J\n\x0bListWorkers\x12\x1c.cairn.v1.ListWorkersRequest\x1a\x1d.cairn.v1.ListWorkersResponseBD\n\x0c\x64\x65v.cairn.v1P\x01Z2github.com/cairn-llm/cairn/gen/go/cairn/v1;cairnv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x63\x61irn/v1/scheduler.proto\x12\x08\x63\x61irn.v1\x1a\x15\x63\x61irn/v1/common.proto\x1a\x15\x63\x61irn/v1/worker.proto\"\xd0\x01\n\x0fScheduleRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x18\n\x10prompt_token_ids\x18\x02 \x03(\x05\x12*\n\x08sampling\x18\x03 \x01(\x0b\x32\x18.cairn.v1.SamplingParams\x12$\n\x04stop\x18\x04 \x01(\x0b\x32\x16.cairn.v1.StopCriteria\x12\t\n\x01n\x18\x05 \x01(\r\x12\x0f\n\x07\x62\x65st_of\x18\x06 \x01(\r\x12\x10\n\x08priority\x18\x07 \x01(\x05\x12\x0f\n\x07\x61\x64\x61pter\x18\x08 \x01(\t\"\x8a\x01\n\rSequenceDelta\x12\r\n\x05index\x18\x01 \x01(\r\x12\x1f\n\x06tokens\x18\x02 \x03(\x0b\x32\x0f.cairn.v1.Token\x12-\n\rfinish_reason\x18\x03 \x01(\x0e\x32\x16.cairn.v1.FinishReason\x12\x1a\n\x12\x63umulative_logprob\x18\x04 \x01(\x01\"\xba\x01\n\x10ScheduleResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12*\n\tsequences\x18\x02 \x03(\x0b\x32\x17.cairn.v1.SequenceDelta\x12(\n\x0fprompt_logprobs\x18\x03 \x03(\x0b\x32\x0f.cairn.v1.Token\x12\x1e\n\x05usage\x18\x04 \x01(\x0b\x32\x0f.cairn.v1.Usage\x12\x1c\n\x14\x63\x61\x63hed_prompt_tokens\x18\x05 \x01(\r\"\"\n\x0c\x41\x62ortRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\" \n\rAbortResponse\x12\x0f\n\x07\x61\x62orted\x18\x01 \x01(\x08\"\'\n\x14SchedulerInfoRequest\x12\x0f\n\x07\x61\x64\x61pter\x18\x01 \x01(\t\"\xb1\x01\n\rSchedulerInfo\x12\x12\n\ndeployment\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x15\n\rmax_model_len\x18\x03 \x01(\r\x12\x12\n\nvocab_size\x18\x04 \x01(\r\x12\x15\n\reos_token_ids\x18\x05 \x03(\x05\x12\x12\n\nblock_size\x18\x06 \x01(\r\x12\'\n\x08\x61\x64\x61pters\x18\x07 \x03(\x0b\x32\x15.cairn.v1.AdapterInfo\"\x0e\n\x0cStatsRequest\"\xb8\x01\n\x0bWorkerState\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12&\n\x06health\x18\x02 \x01(\x0e\x32\x16.cairn.v1.WorkerHealth\x12\x0e\n\x06\x64\x65vice\x18\x03 \x01(\t\x12\x0f\n\x07running\x18\x04 \x01(\r\x12\x12\n\nnum_blocks\x18\x05 \x01(\r\x12\x13\n\x0bused_blocks\x18\x06 \x01(\r\x12\x15\n\rcached_blocks\x18\x07 \x01(\r\x12\r\n\x05steps\x18\x08 \x01(\x04\"\xea\x01\n\x0eSchedulerStats\x12\x0f\n\x07waiting\x18\x01 \x01(\r\x12\x0f\n\x07running\x18\x02 \x01(\r\x12\x13\n\x0bpreemptions\x18\x03 \x01(\x04\x12\x10\n\x08kv_usage\x18\x04 \x01(\x02\x12\x1d\n\x15prefix_cache_hit_rate\x18\x05 \x01(\x02\x12&\n\x07workers\x18\x06 \x03(\x0b\x32\x15.cairn.v1.WorkerState\x12\x19\n\x11\x66inished_requests\x18\x07 \x01(\x04\x12\x18\n\x10generated_tokens\x18\x08 \x01(\x04\x12\x13\n\x0b\x66ree_blocks\x18\t \x01(\r\"\'\n\x13ScaleWorkersRequest\x12\x10\n\x08replicas\x18\x01 \x01(\r\">\n\x14ScaleWorkersResponse\x12&\n\x07workers\x18\x01 \x03(\x0b\x32\x15.cairn.v1.WorkerState\"\x14\n\x12ListWorkersRequest\"=\n\x13ListWorkersResponse\x12&\n\x07workers\x18\x01 \x03(\x0b\x32\x15.cairn.v1.WorkerState*\x98\x01\n\x0cWorkerHealth\x12\x1d\n\x19WORKER_HEALTH_UNSPECIFIED\x10\x00\x12\x1a\n\x16WORKER_HEALTH_STARTING\x10\x01\x12\x19\n\x15WORKER_HEALTH_HEALTHY\x10\x02\x12\x1a\n\x16WORKER_HEALTH_DRAINING\x10\x03\x12\x16\n\x12WORKER_HEALTH_DEAD\x10\x04\x32\xa4\x03\n\tScheduler\x12\x43\n\x08Generate\x12\x19.cairn.v1.ScheduleRequest\x1a\x1a.cairn.v1.ScheduleResponse0\x01\x12\x38\n\x05\x41\x62ort\x12\x16.cairn.v1.AbortRequest\x1a\x17.cairn.v1.AbortResponse\x12\x42\n\x07GetInfo\x12\x1e.cairn.v1.SchedulerInfoRequest\x1a\x17.cairn.v1.SchedulerInfo\x12\x39\n\x05Stats\x12\x16.cairn.v1.StatsRequest\x1a\x18.cairn.v1.SchedulerStats\x12M\n\x0cScaleWorkers\x12\x1d.cairn.v1.ScaleWorkersRequest\x1a\x1e.cairn.v1.ScaleWorkersResponse\x12J\n\x0bListWorkers\x12\x1c.cairn.v1.ListWorkersRequest\x1a\x1d.cairn.v1.ListWorkersResponseBD\n\x0c\x64\x65v.cairn.v1P\x01Z2github.com/cairn-llm/cairn/gen/go/cairn/v1;cairnv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,8 +34,8 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'cairn.v1.scheduler_pb2', _g
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'\n\014dev.cairn.v1P\001Z2github.com/cairn-llm/cairn/gen/go/cairn/v1;cairnv1'
-  _globals['_WORKERHEALTH']._serialized_start=1530
-  _globals['_WORKERHEALTH']._serialized_end=1682
+  _globals['_WORKERHEALTH']._serialized_start=1547
+  _globals['_WORKERHEALTH']._serialized_end=1699
   _globals['_SCHEDULEREQUEST']._serialized_start=85
   _globals['_SCHEDULEREQUEST']._serialized_end=293
   _globals['_SEQUENCEDELTA']._serialized_start=296
@@ -47,23 +47,23 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ABORTRESPONSE']._serialized_start=661
   _globals['_ABORTRESPONSE']._serialized_end=693
   _globals['_SCHEDULERINFOREQUEST']._serialized_start=695
-  _globals['_SCHEDULERINFOREQUEST']._serialized_end=717
-  _globals['_SCHEDULERINFO']._serialized_start=720
-  _globals['_SCHEDULERINFO']._serialized_end=897
-  _globals['_STATSREQUEST']._serialized_start=899
-  _globals['_STATSREQUEST']._serialized_end=913
-  _globals['_WORKERSTATE']._serialized_start=916
-  _globals['_WORKERSTATE']._serialized_end=1100
-  _globals['_SCHEDULERSTATS']._serialized_start=1103
-  _globals['_SCHEDULERSTATS']._serialized_end=1337
-  _globals['_SCALEWORKERSREQUEST']._serialized_start=1339
-  _globals['_SCALEWORKERSREQUEST']._serialized_end=1378
-  _globals['_SCALEWORKERSRESPONSE']._serialized_start=1380
-  _globals['_SCALEWORKERSRESPONSE']._serialized_end=1442
-  _globals['_LISTWORKERSREQUEST']._serialized_start=1444
-  _globals['_LISTWORKERSREQUEST']._serialized_end=1464
-  _globals['_LISTWORKERSRESPONSE']._serialized_start=1466
-  _globals['_LISTWORKERSRESPONSE']._serialized_end=1527
-  _globals['_SCHEDULER']._serialized_start=1685
-  _globals['_SCHEDULER']._serialized_end=2105
+  _globals['_SCHEDULERINFOREQUEST']._serialized_end=734
+  _globals['_SCHEDULERINFO']._serialized_start=737
+  _globals['_SCHEDULERINFO']._serialized_end=914
+  _globals['_STATSREQUEST']._serialized_start=916
+  _globals['_STATSREQUEST']._serialized_end=930
+  _globals['_WORKERSTATE']._serialized_start=933
+  _globals['_WORKERSTATE']._serialized_end=1117
+  _globals['_SCHEDULERSTATS']._serialized_start=1120
+  _globals['_SCHEDULERSTATS']._serialized_end=1354
+  _globals['_SCALEWORKERSREQUEST']._serialized_start=1356
+  _globals['_SCALEWORKERSREQUEST']._serialized_end=1395
+  _globals['_SCALEWORKERSRESPONSE']._serialized_start=1397
+  _globals['_SCALEWORKERSRESPONSE']._serialized_end=1459
+  _globals['_LISTWORKERSREQUEST']._serialized_start=1461
+  _globals['_LISTWORKERSREQUEST']._serialized_end=1481
+  _globals['_LISTWORKERSRESPONSE']._serialized_start=1483
+  _globals['_LISTWORKERSRESPONSE']._serialized_end=1544
+  _globals['_SCHEDULER']._serialized_start=1702
+  _globals['_SCHEDULER']._serialized_end=2122
 # @@protoc_insertion_point(module_scope)

@@ -81,8 +81,10 @@ class AbortResponse(_message.Message):
     def __init__(self, aborted: _Optional[bool] = ...) -> None: ...
 
 class SchedulerInfoRequest(_message.Message):
-    __slots__ = ()
-    def __init__(self) -> None: ...
+    __slots__ = ("adapter",)
+    ADAPTER_FIELD_NUMBER: _ClassVar[int]
+    adapter: str
+    def __init__(self, adapter: _Optional[str] = ...) -> None: ...
 
 class SchedulerInfo(_message.Message):
     __slots__ = ("deployment", "model", "max_model_len", "vocab_size", "eos_token_ids", "block_size", "adapters")

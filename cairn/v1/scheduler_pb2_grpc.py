@@ -90,7 +90,10 @@ class SchedulerServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetInfo(self, request, context):
-        """What the deployment serves and its limits.
+        """What the deployment serves and its limits. With `adapter` set, that name
+        is resolved too (a registry adapter registered after start-up needs no
+        restart): NOT_FOUND if it names no adapter, INVALID_ARGUMENT if it is an
+        adapter of another base model.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -3,7 +3,11 @@
 Every deployment is a list of scheduler replicas serving one model. The
 table asks each replica what it serves (GetInfo) at start and every
 `refresh_interval_s`, so replicas that come up late, restart or go away are
-noticed without a restart of the router. A request goes to the replica that
+noticed without a restart of the router. A name no deployment lists may be
+a LoRA adapter published since: each deployment is asked to resolve it
+(GetInfo with `adapter`), and the one whose base model it was trained on
+takes it; if it belongs to a base model no deployment serves, the request
+is refused with INVALID_ARGUMENT saying so. A request goes to the replica that
 holds its prompt's prefix (see `prefix_affinity`) unless that one is more
 than `max_imbalance` requests busier than the least loaded replica, else to
 the least loaded; load is the requests this router has in flight there.
@@ -22,7 +26,7 @@ import grpc
 import grpc.aio
 
 from cairn.common.channel import make_channel
-from cairn.common.errors import NotFound, Unavailable
+from cairn.common.errors import InvalidArgument, NotFound, Unavailable
 from cairn.v1 import scheduler_pb2, scheduler_pb2_grpc
 
 from .prefix_affinity import PrefixAffinity, prompt_block_hashes
@@ -82,6 +86,7 @@ class Replica:
 class ServedModel:
     id: str
     source: str
+    # The deployment an adapter runs on ("" for a deployment's own model).
     base_model: str
     max_model_len: int
     created: int
@@ -207,12 +212,45 @@ class RoutingTable:
                 await self.refresh()
             target = self.find(model)
         if target is None:
+            target = await self._discover(model)
+        if target is None:
             available = ", ".join(sorted(self.served_names())) or "none"
             raise NotFound(f"model {model!r} is not served here; available models: {available}")
         if not any(r.ready for r in target.replicas):
             errors = "; ".join(f"{r.address}: {r.last_error}" for r in target.replicas)
             raise Unavailable(f"no scheduler of {target.deployment!r} is reachable ({errors}); retry later")
         return target
+
+    async def _discover(self, model: str) -> Target | None:
+        """Asks every deployment to resolve `model` as one of its adapters; the target of the
+        one that can serve it, None if none knows it. InvalidArgument when it is an adapter
+        of a base model no deployment here serves."""
+        replicas = [r for r in self.replicas if r.ready]
+        replies = await asyncio.gather(*(self._ask_adapter(r, model) for r in replicas))
+        refused = []
+        for replica, reply in zip(replicas, replies, strict=True):
+            if isinstance(reply, scheduler_pb2.SchedulerInfo):
+                replica.info = DeploymentInfo.from_proto(reply)
+            elif reply is not None:
+                refused.append(f"{replica.deployment}: {reply}")
+        target = self.find(model)
+        if target is None and refused:
+            reasons = "; ".join(dict.fromkeys(refused))
+            raise InvalidArgument(f"model {model!r} cannot be served here: {reasons}")
+        return target
+
+    async def _ask_adapter(self, replica: Replica, adapter: str) -> scheduler_pb2.SchedulerInfo | str | None:
+        """The replica's info once it resolved `adapter`, the reason it refuses it
+        (INVALID_ARGUMENT), or None when it does not know the name or cannot be asked."""
+        request = scheduler_pb2.SchedulerInfoRequest(adapter=adapter)
+        try:
+            return await replica.stub.GetInfo(request, timeout=INFO_TIMEOUT_S)
+        except grpc.aio.AioRpcError as e:
+            if e.code() == grpc.StatusCode.INVALID_ARGUMENT:
+                return e.details()
+            if e.code() != grpc.StatusCode.NOT_FOUND:
+                logger.warning("scheduler %s could not resolve %r: %s", replica.address, adapter, e.details())
+            return None
 
     def find(self, model: str) -> Target | None:
         """The target of a model name as the table knows it now (no refresh), or None."""

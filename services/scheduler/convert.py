@@ -4,19 +4,21 @@ from __future__ import annotations
 
 import uuid
 
-from cairn.common.errors import InvalidArgument, NotFound
+from cairn.common.errors import InvalidArgument
+from cairn.services.scheduler.adapters import AdapterEntry
 from cairn.services.scheduler.output import RequestOutput
 from cairn.services.scheduler.pool import DeploymentInfo, PoolStats, ReplicaState
 from cairn.services.scheduler.request_stream import RequestStream
 from cairn.services.scheduler.sequence import Request
 from cairn.services.worker.convert import _token_to_proto, sampling_from_proto
-from cairn.v1 import common_pb2, scheduler_pb2
+from cairn.v1 import common_pb2, scheduler_pb2, worker_pb2
 
 
-def request_from_proto(message: scheduler_pb2.ScheduleRequest, info: DeploymentInfo) -> Request:
-    """The policy's Request for a Generate call. Unset max_tokens means up to max_model_len."""
-    if message.adapter:
-        raise NotFound(f"adapter {message.adapter!r} is not served by deployment {info.deployment}")
+def request_from_proto(
+    message: scheduler_pb2.ScheduleRequest, info: DeploymentInfo, adapter: AdapterEntry | None = None
+) -> Request:
+    """The policy's Request for a Generate call, with the adapter `message.adapter` resolved
+    to. Unset max_tokens means up to max_model_len."""
     prompt = list(message.prompt_token_ids)
     room = info.max_model_len - len(prompt)
     if room < 1:
@@ -31,6 +33,9 @@ def request_from_proto(message: scheduler_pb2.ScheduleRequest, info: DeploymentI
         n=message.n or 1,
         best_of=message.best_of or None,
         priority=message.priority,
+        # An adapter's KV differs from the base model's: its own prefix-cache namespace.
+        cache_key=adapter.ref.name if adapter is not None else None,
+        adapter=adapter.ref if adapter is not None else None,
     )
 
 
@@ -75,7 +80,10 @@ def _finish_reason(reason: object) -> int:
     return common_pb2.FinishReason.Value(f"FINISH_REASON_{reason.name}")
 
 
-def info_to_proto(info: DeploymentInfo) -> scheduler_pb2.SchedulerInfo:
+def info_to_proto(
+    info: DeploymentInfo, adapters: list[AdapterEntry], ranks: dict[str, int]
+) -> scheduler_pb2.SchedulerInfo:
+    """`ranks`: adapters some worker holds, by their worker-side name (the others show rank 0)."""
     return scheduler_pb2.SchedulerInfo(
         deployment=info.deployment,
         model=info.model,
@@ -83,6 +91,12 @@ def info_to_proto(info: DeploymentInfo) -> scheduler_pb2.SchedulerInfo:
         vocab_size=info.vocab_size,
         eos_token_ids=list(info.eos_token_ids),
         block_size=info.block_size,
+        adapters=[
+            worker_pb2.AdapterInfo(
+                name=a.name, source=a.ref.source, rank=ranks.get(a.ref.name, 0), base_model=a.base_model
+            )
+            for a in adapters
+        ],
     )
 
 

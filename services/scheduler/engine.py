@@ -9,6 +9,12 @@ the policy accepts both while a step is in flight. With `num_scheduler_steps`
 > 1 an all-decode batch runs several steps per worker call, which keeps the
 per-token cost of the loop and the transport small.
 
+A request with a LoRA adapter the worker does not hold waits beside the
+policy until the loop, between two steps, has loaded it (`AdapterSlots`
+decides which adapter makes room); adapter loads of a replica are thus
+serialized with its steps and with each other, and never race a step that
+still uses the adapter they evict.
+
 When the worker fails, the loop stops and reports it; the requests still
 registered are then the pool's to move elsewhere (`take_requests`).
 """
@@ -16,15 +22,17 @@ registered are then the pool's to move elsewhere (`take_requests`).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections.abc import Callable
 
-from cairn.common.errors import InvalidArgument, Unavailable
+from cairn.common.errors import CairnError, FailedPrecondition, InvalidArgument, Unavailable
+from cairn.services.scheduler.adapter_slots import AdapterSlots
 from cairn.services.scheduler.block_manager import BlockManager
 from cairn.services.scheduler.metrics import EngineMetrics
-from cairn.services.scheduler.output import RequestOutput
+from cairn.services.scheduler.output import RequestOutput, SampleOutput
 from cairn.services.scheduler.policy import Scheduler, SchedulerStats
-from cairn.services.scheduler.sequence import Request, SequenceStatus
+from cairn.services.scheduler.sequence import FinishReason, Request, SequenceStatus
 from cairn.services.scheduler.service_config import EngineOptions
 from cairn.services.scheduler.worker_client import WorkerClient, WorkerInfo
 
@@ -34,6 +42,8 @@ log = logging.getLogger(__name__)
 # on the event loop; must not block.
 Sink = Callable[[RequestOutput], None]
 FailureHook = Callable[["Engine", BaseException], None]
+# A request that cannot run after all (its adapter failed to load); it is off the replica already.
+RejectHook = Callable[[Sink, CairnError], None]
 
 
 class Engine:
@@ -45,6 +55,9 @@ class Engine:
         vocab_size: int,
         metrics: EngineMetrics,
         on_failure: FailureHook | None = None,
+        *,
+        max_loras: int = 0,
+        on_reject: RejectHook | None = None,
     ) -> None:
         self.name = name
         self.scheduler = scheduler
@@ -52,9 +65,14 @@ class Engine:
         self.vocab_size = vocab_size
         self.metrics = metrics
         self.on_failure = on_failure
+        self.on_reject = on_reject
         self.failure: BaseException | None = None
         self.num_steps = 0
+        self.adapters = AdapterSlots(max_loras)
         self._sinks: dict[str, Sink] = {}
+        # Requests whose adapter is not loaded yet, per adapter, in arrival order.
+        self._awaiting: dict[str, list[Request]] = {}
+        self._adapter_of: dict[str, str] = {}
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
@@ -68,12 +86,22 @@ class Engine:
         options: EngineOptions,
         metrics: EngineMetrics,
         on_failure: FailureHook | None = None,
+        on_reject: RejectHook | None = None,
     ) -> Engine:
         """An engine sized by what its loaded worker reported."""
         config = options.scheduler_config(info.max_model_len, info.num_blocks)
         block_manager = BlockManager(info.num_blocks, info.block_size, config.enable_prefix_caching)
         scheduler = Scheduler(config, block_manager, info.eos_token_ids)
-        return cls(info.worker_id, scheduler, worker, info.vocab_size, metrics, on_failure)
+        return cls(
+            info.worker_id,
+            scheduler,
+            worker,
+            info.vocab_size,
+            metrics,
+            on_failure,
+            max_loras=options.max_loras,
+            on_reject=on_reject,
+        )
 
     @property
     def block_manager(self) -> BlockManager:
@@ -102,10 +130,29 @@ class Engine:
         if top >= self.vocab_size:
             raise InvalidArgument(f"prompt token id {top} is outside the vocabulary [0, {self.vocab_size})")
         request.sampling.validate(self.vocab_size)
-        self.scheduler.add_request(request)
+        adapter = request.adapter
+        if adapter is None or self.adapters.is_resident(adapter.name):
+            self.scheduler.add_request(request)
+        elif not self.adapters.enabled:
+            raise FailedPrecondition(f"replica {self.name} serves no LoRA adapters (max_loras is 0)")
+        else:
+            self.scheduler.validate(request)
+            self._awaiting.setdefault(adapter.name, []).append(request)
+        if adapter is not None:
+            self.adapters.acquire(adapter.name)
+            self._adapter_of[request.request_id] = adapter.name
         self._sinks[request.request_id] = sink
         self._idle.clear()
         self._wake.set()
+
+    @property
+    def num_awaiting(self) -> int:
+        """Requests waiting for their adapter to load."""
+        return sum(len(requests) for requests in self._awaiting.values())
+
+    def request_ids(self) -> list[str]:
+        """Every request registered here and not finished."""
+        return list(self._sinks)
 
     def abort(self, request_id: str) -> bool:
         """Ends a request now; its sink gets the final (ABORT) delta. Its blocks are
@@ -113,8 +160,12 @@ class Engine:
         the request is not live here (a finished one still gets its last delta)."""
         delta = self.scheduler.abort(request_id)
         if delta is None:
-            return False
+            request = self._take_awaiting(request_id)
+            if request is None:
+                return False
+            delta = _aborted(request)
         self._wake.set()
+        self._release(request_id)
         sink = self._sinks.pop(request_id, None)
         if sink is not None:
             sink(delta)
@@ -123,14 +174,18 @@ class Engine:
     def detach(self, request_id: str) -> Sink | None:
         """Takes a live request off this replica without telling its sink, so it
         can move elsewhere; returns the sink, or None if it is not live here."""
-        if self.scheduler.abort(request_id) is None:
+        if self.scheduler.abort(request_id) is None and self._take_awaiting(request_id) is None:
             return None
         self._wake.set()
+        self._release(request_id)
         return self._sinks.pop(request_id, None)
 
     def take_requests(self) -> dict[str, Sink]:
         """After a failure: the requests left here and their sinks, now unregistered."""
         sinks, self._sinks = self._sinks, {}
+        self._awaiting.clear()
+        self._adapter_of.clear()
+        self.adapters.clear()
         return sinks
 
     def unstarted_requests(self) -> list[str]:
@@ -139,7 +194,7 @@ class Engine:
             rid
             for rid, request in self.scheduler.requests.items()
             if not request.first_output_sent and all(s.status is SequenceStatus.WAITING for s in request.seqs)
-        ]
+        ] + [request.request_id for requests in self._awaiting.values() for request in requests]
 
     async def wait_idle(self, timeout: float | None) -> bool:
         """Whether every request here finished within `timeout` seconds."""
@@ -150,12 +205,15 @@ class Engine:
         return True
 
     def stats(self) -> SchedulerStats:
-        return self.scheduler.stats()
+        stats = self.scheduler.stats()
+        return dataclasses.replace(stats, waiting=stats.waiting + self.num_awaiting)
 
     async def _run(self) -> None:
         deltas: list[RequestOutput] = []
         try:
             while True:
+                if self._awaiting:
+                    await self._load_adapters()
                 step = self.scheduler.schedule()
                 if step.num_preempted:
                     self.metrics.preempted(step.num_preempted)
@@ -163,7 +221,7 @@ class Engine:
                     self._wake.clear()
                     self._deliver(deltas)
                     deltas = []
-                    if not self.scheduler.has_unfinished_requests():
+                    if not self.scheduler.has_unfinished_requests() and not self._awaiting:
                         self._idle.set()
                     await self._wake.wait()
                     continue
@@ -192,6 +250,65 @@ class Engine:
     def _deliver(self, deltas: list[RequestOutput]) -> None:
         sinks = self._sinks
         for delta in deltas:
-            sink = sinks.pop(delta.request_id, None) if delta.finished else sinks.get(delta.request_id)
+            if delta.finished:
+                self._release(delta.request_id)
+                sink = sinks.pop(delta.request_id, None)
+            else:
+                sink = sinks.get(delta.request_id)
             if sink is not None:
                 sink(delta)
+
+    async def _load_adapters(self) -> None:
+        """Loads the adapters requests wait for, oldest first, while slots can be had.
+
+        A slot is freed by unloading the least recently used adapter nobody here
+        uses, and only once the worker has dropped every finished sequence (a
+        sequence still held there would keep using it).
+        """
+        for name in list(self._awaiting):
+            requests = self._awaiting[name]
+            if self.adapters.full:
+                victim = self.adapters.victim()
+                if victim is None or self.scheduler.has_pending_frees:
+                    return
+                await self.worker.unload_adapter(victim)
+                self.adapters.evicted(victim)
+            try:
+                info = await self.worker.load_adapter(name, requests[0].adapter.source)
+            except CairnError as error:
+                if isinstance(error, Unavailable):
+                    raise
+                self._reject(self._awaiting.pop(name), error)
+                continue
+            self.adapters.loaded(name, info.rank)
+            for request in self._awaiting.pop(name):
+                self.scheduler.add_request(request)
+            log.info("replica %s loaded adapter %s (rank %d)", self.name, name, info.rank)
+
+    def _reject(self, requests: list[Request], error: CairnError) -> None:
+        for request in requests:
+            self._release(request.request_id)
+            sink = self._sinks.pop(request.request_id, None)
+            if sink is not None and self.on_reject is not None:
+                self.on_reject(sink, error)
+
+    def _take_awaiting(self, request_id: str) -> Request | None:
+        name = self._adapter_of.get(request_id)
+        requests = self._awaiting.get(name, []) if name is not None else []
+        request = next((r for r in requests if r.request_id == request_id), None)
+        if request is not None:
+            requests.remove(request)
+            if not requests:
+                del self._awaiting[name]
+        return request
+
+    def _release(self, request_id: str) -> None:
+        name = self._adapter_of.pop(request_id, None)
+        if name is not None:
+            self.adapters.release(name)
+
+
+def _aborted(request: Request) -> RequestOutput:
+    """The last delta of a request aborted before it reached the policy."""
+    samples = [SampleOutput(i, [], [], FinishReason.ABORT) for i in range(request.n)]
+    return RequestOutput(request.request_id, samples, finished=True)

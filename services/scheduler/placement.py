@@ -31,6 +31,8 @@ class Candidate(Generic[T]):
     block_manager: BlockManager
     # Requests it is serving now.
     load: int
+    # Whether its worker already holds the request's LoRA adapter (no load before the first step).
+    has_adapter: bool = False
 
 
 def prompt_block_hashes(token_ids: Sequence[int], block_size: int, cache_key: str | None) -> list[bytes]:
@@ -53,14 +55,19 @@ def cached_blocks(block_manager: BlockManager, hashes: Sequence[bytes]) -> int:
 
 def choose(candidates: Sequence[Candidate[T]], hashes: Sequence[bytes]) -> T | None:
     """Among candidates not much busier than the least loaded, the one with the
-    most cached blocks, then the fewest requests, then the most free blocks;
-    None if there is none."""
+    most cached blocks, then one holding the request's adapter, then the fewest
+    requests, then the most free blocks; None if there is none."""
     if not candidates:
         return None
     least = min(c.load for c in candidates)
     limit = least + max(MIN_LOAD_SLACK, least // 4)
     best = min(
         (c for c in candidates if c.load <= limit),
-        key=lambda c: (-cached_blocks(c.block_manager, hashes), c.load, -c.block_manager.num_free_blocks),
+        key=lambda c: (
+            -cached_blocks(c.block_manager, hashes),
+            not c.has_adapter,
+            c.load,
+            -c.block_manager.num_free_blocks,
+        ),
     )
     return best.replica

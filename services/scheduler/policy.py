@@ -130,7 +130,7 @@ class Scheduler:
     # ------------------------------------------------------------ requests
 
     def add_request(self, request: Request) -> None:
-        self._validate(request)
+        self.validate(request)
         request.arrival_seq = next(self._arrivals)
         params = request.sampling
         request.eos_token_ids = frozenset() if params.ignore_eos else self.eos_token_ids
@@ -178,7 +178,13 @@ class Scheduler:
             cached_free_blocks=bm.num_cached_free_blocks,
         )
 
-    def _validate(self, request: Request) -> None:
+    @property
+    def has_pending_frees(self) -> bool:
+        """Whether the next step still has to tell the worker to drop sequences."""
+        return bool(self._finished_seq_ids)
+
+    def validate(self, request: Request) -> None:
+        """Raises what add_request would for a request that cannot run here."""
         config = self.config
         num_prompt = len(request.prompt_token_ids)
         max_tokens = request.sampling.max_tokens
@@ -397,6 +403,7 @@ class Scheduler:
             num_prompt_tokens=seq.num_prompt_tokens,
             sampling=seq.sampling,
             parent_seq_id=parent_seq_id,
+            adapter=seq.request.adapter.name if seq.request.adapter is not None else "",
         )
 
     def _finish_step(self, b: _StepBuilder, multi_step: bool) -> SchedulerStep:

@@ -22,7 +22,7 @@ import enum
 import itertools
 import logging
 import time
-from collections.abc import Coroutine, Iterable
+from collections.abc import Coroutine, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -35,7 +35,8 @@ from cairn.common.errors import (
     Unavailable,
 )
 from cairn.services.scheduler import placement
-from cairn.services.scheduler.engine import Engine
+from cairn.services.scheduler.adapters import AdapterCatalogue
+from cairn.services.scheduler.engine import Engine, Sink
 from cairn.services.scheduler.launcher import Launcher
 from cairn.services.scheduler.metrics import DeploymentMetrics
 from cairn.services.scheduler.request_stream import Piece, RequestStream
@@ -126,6 +127,7 @@ class WorkerPool:
         drain_timeout_s: float = 60.0,
         max_moves: int = 3,
         node_scaler: NodeScaler | None = None,
+        lora_modules: Mapping[str, str] | None = None,
     ) -> None:
         self.launcher = launcher
         self.options = options
@@ -140,6 +142,7 @@ class WorkerPool:
         self.max_moves = max_moves
         self.node_scaler = node_scaler
         self.metrics = DeploymentMetrics(deployment)
+        self.adapters = AdapterCatalogue(deployment, model, lora_modules or {}, enabled=options.max_loras > 0)
         self.replicas: list[Replica] = []
         self.target = 0
         self._info: DeploymentInfo | None = None
@@ -165,6 +168,8 @@ class WorkerPool:
 
     async def start(self, num_workers: int) -> None:
         """Starts `num_workers` replicas (raising if they cannot load) and the health checks."""
+        if self.adapters.enabled:
+            await self.adapters.start()
         await self.scale(num_workers)
         self._watcher = asyncio.create_task(self._watch(), name=f"cairn-pool-{self.deployment}")
 
@@ -221,13 +226,23 @@ class WorkerPool:
         return True
 
     def num_waiting(self) -> int:
-        return len(self._unplaced) + sum(len(e.scheduler.waiting) for e in self._engines())
+        return len(self._unplaced) + sum(len(e.scheduler.waiting) + e.num_awaiting for e in self._engines())
+
+    def adapter_ranks(self) -> dict[str, int]:
+        """Adapters resident on some replica, by the name the workers know them, with their ranks."""
+        return {name: rank for e in self._engines() for name, rank in e.adapters.resident.items()}
 
     def _place(self, piece: Piece) -> None:
         """Puts a piece on the best replica, or in the unplaced list when none is up."""
         request = piece.request
+        adapter = request.adapter
         candidates = [
-            placement.Candidate(r, r.engine.block_manager, r.engine.num_requests)
+            placement.Candidate(
+                r,
+                r.engine.block_manager,
+                r.engine.num_requests,
+                adapter is not None and r.engine.adapters.is_resident(adapter.name),
+            )
             for r in self.replicas
             if r.health is WorkerHealth.HEALTHY and r.engine.failure is None
         ]
@@ -347,8 +362,9 @@ class WorkerPool:
             replica.client = await self.launcher.launch(worker_id)
             info = await replica.client.load(self.engine_config)
             self._check_compatible(info)
+            metrics = self.metrics.engine
             engine = Engine.for_worker(
-                replica.client, info, self.options, self.metrics.engine, self._on_engine_failure
+                replica.client, info, self.options, metrics, self._on_engine_failure, self._on_reject
             )
         except BaseException:
             if replica in self.replicas:
@@ -398,7 +414,7 @@ class WorkerPool:
     async def _drain(self, replica: Replica) -> None:
         engine = replica.engine
         if not await engine.wait_idle(self.drain_timeout_s) and replica.health is WorkerHealth.DRAINING:
-            self._move_off(replica, list(engine.scheduler.requests))
+            self._move_off(replica, engine.request_ids())
         if replica in self.replicas:
             self.replicas.remove(replica)
             await self._retire(replica)
@@ -422,6 +438,10 @@ class WorkerPool:
             await self.launcher.terminate(replica.worker_id)
         except Exception:
             log.exception("could not terminate worker %s", replica.worker_id)
+
+    def _on_reject(self, sink: Sink, error: CairnError) -> None:
+        if isinstance(sink, Piece):
+            self._fail(sink.stream, error)
 
     def _on_engine_failure(self, engine: Engine, error: BaseException) -> None:
         replica = next((r for r in self.replicas if r.engine is engine), None)

@@ -31,6 +31,15 @@ class FinishReason(str, enum.Enum):
     ABORT = "abort"
 
 
+@dataclass(frozen=True)
+class AdapterRef:
+    """The LoRA adapter a request runs with: the name its workers know it by (a pinned
+    registry version, or the configured module name) and where it loads from."""
+
+    name: str
+    source: str
+
+
 @dataclass(eq=False)
 class Request:
     request_id: str
@@ -47,6 +56,8 @@ class Request:
     # Separates prefix-cache namespaces: the LoRA adapter (its KV differs from
     # the base model's) or a per-tenant salt.
     cache_key: str | None = None
+    # None: the base model.
+    adapter: AdapterRef | None = None
 
     # Filled by the scheduler.
     seqs: list[Sequence] = field(default_factory=list, init=False)

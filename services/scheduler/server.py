@@ -35,7 +35,9 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
     async def Generate(
         self, request: scheduler_pb2.ScheduleRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[scheduler_pb2.ScheduleResponse]:
-        stream = self.pool.submit(convert.request_from_proto(request, self.pool.info))
+        info = self.pool.info
+        adapter = await self.pool.adapters.resolve(request.adapter) if request.adapter else None
+        stream = self.pool.submit(convert.request_from_proto(request, info, adapter))
         try:
             async for output in stream:
                 yield convert.response_from_output(output, stream)
@@ -51,7 +53,11 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
     async def GetInfo(
         self, request: scheduler_pb2.SchedulerInfoRequest, context: grpc.aio.ServicerContext
     ) -> scheduler_pb2.SchedulerInfo:
-        return convert.info_to_proto(self.pool.info)
+        pool = self.pool
+        info = pool.info
+        if request.adapter:
+            await pool.adapters.resolve(request.adapter)
+        return convert.info_to_proto(info, pool.adapters.listed(), pool.adapter_ranks())
 
     async def Stats(
         self, request: scheduler_pb2.StatsRequest, context: grpc.aio.ServicerContext
@@ -104,6 +110,7 @@ def build_pool(config: SchedulerServiceConfig, scaler: NodeScaler | None = None)
         health_check_failures=config.health_check_failures,
         drain_timeout_s=config.drain_timeout_s,
         node_scaler=scaler,
+        lora_modules=config.lora_modules,
     )
 
 

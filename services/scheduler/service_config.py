@@ -9,9 +9,10 @@ from __future__ import annotations
 
 from typing import ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from cairn.common.config import GrpcPort, MetricsPort, ServiceConfig
+from cairn.services.scheduler.adapters import parse_lora_modules
 from cairn.services.scheduler.config import SchedulerConfig
 from cairn.services.worker.engine_config import EngineConfig
 
@@ -51,6 +52,10 @@ class EngineOptions(BaseModel):
     kv_cache_dtype: Literal["auto", "int8", "fp8"] = Field(
         "auto", description="KV cache element type; auto: what the checkpoint declares, else the model dtype"
     )
+    max_loras: int = Field(
+        0, ge=0, description="LoRA adapters each worker holds at once; 0 serves the base model only"
+    )
+    max_lora_rank: int = Field(16, gt=0, description="largest LoRA rank accepted")
 
     def engine_config(self, model: str, load_format: str = "safetensors") -> EngineConfig:
         """What each worker loads. The worker's step limits match the scheduler's,
@@ -71,6 +76,8 @@ class EngineOptions(BaseModel):
             load_format=load_format,
             quantization=self.quantization,
             kv_cache_dtype=self.kv_cache_dtype,
+            max_loras=self.max_loras,
+            max_lora_rank=self.max_lora_rank,
         )
 
     def scheduler_config(self, worker_max_model_len: int, num_blocks: int) -> SchedulerConfig:
@@ -123,6 +130,17 @@ class SchedulerServiceConfig(EngineOptions, ServiceConfig):
     drain_timeout_s: float = Field(
         60.0, ge=0, description="seconds a removed worker's running requests get to finish before they move"
     )
+    lora_modules: dict[str, str] = Field(
+        default_factory=dict,
+        description="LoRA adapters served under a name of their own, as name=ref pairs (a registry reference "
+        "or a PEFT directory), e.g. [support=acme/support-lora@production]; any registry adapter of the "
+        "served model is also servable by its registry name (needs max_loras > 0)",
+    )
+
+    @field_validator("lora_modules", mode="before")
+    @classmethod
+    def _name_ref_pairs(cls, value: object) -> dict[str, str]:
+        return parse_lora_modules(value)
 
     @property
     def deployment_name(self) -> str:

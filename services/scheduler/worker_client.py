@@ -22,9 +22,10 @@ from cairn.common.channel import make_channel, raise_for_rpc_error
 from cairn.common.errors import Unavailable
 from cairn.services.worker.convert import engine_config_to_proto, step_output_from_proto, step_to_proto
 from cairn.services.worker.engine_config import EngineConfig
+from cairn.services.worker.loader import resolve_model_path
 from cairn.services.worker.model_runner import ModelRunner
 from cairn.services.worker.step import StepInput, StepOutput
-from cairn.v1 import worker_pb2, worker_pb2_grpc
+from cairn.v1 import common_pb2, worker_pb2, worker_pb2_grpc
 
 # Statuses that mean the worker process (or the way to it) is gone, not that it
 # refused one step: its KV cache and sequence state must be presumed lost.
@@ -59,12 +60,28 @@ class WorkerInfo:
     max_model_len: int
 
 
+@dataclass(frozen=True)
+class AdapterInfo:
+    """A LoRA adapter a worker loaded."""
+
+    name: str
+    source: str
+    rank: int
+
+
 class WorkerClient(Protocol):
     worker_id: str
 
     async def load(self, config: EngineConfig) -> WorkerInfo: ...
 
     async def step(self, step: StepInput) -> StepOutput: ...
+
+    async def load_adapter(self, name: str, source: str) -> AdapterInfo:
+        """Loads the PEFT adapter at `source` (a registry reference or a directory) as `name`
+        into a free slot; InvalidArgument if it does not fit the model."""
+        ...
+
+    async def unload_adapter(self, name: str) -> bool: ...
 
     async def check_health(self, timeout: float) -> bool: ...
 
@@ -99,6 +116,15 @@ class LocalWorkerClient:
 
     async def step(self, step: StepInput) -> StepOutput:
         return await self._call(self.runner.step, step)
+
+    async def load_adapter(self, name: str, source: str) -> AdapterInfo:
+        runner = self.runner
+        directory = await asyncio.to_thread(resolve_model_path, source, runner.config.model_cache_dir)
+        loaded = await self._call(runner.load_adapter, name, directory, source)
+        return AdapterInfo(loaded.name, loaded.source, loaded.rank)
+
+    async def unload_adapter(self, name: str) -> bool:
+        return await self._call(self.runner.unload_adapter, name)
 
     async def check_health(self, timeout: float) -> bool:
         return self.runner is not None
@@ -137,6 +163,15 @@ class GrpcWorkerClient:
 
     async def step(self, step: StepInput) -> StepOutput:
         return step_output_from_proto(await self._call(self._stub.Step, step_to_proto(step)))
+
+    async def load_adapter(self, name: str, source: str) -> AdapterInfo:
+        request = worker_pb2.LoadAdapterRequest(name=name, ref=common_pb2.ModelRef(ref=source))
+        info = await self._call(self._stub.LoadAdapter, request)
+        return AdapterInfo(info.name or name, info.source or source, info.rank)
+
+    async def unload_adapter(self, name: str) -> bool:
+        reply = await self._call(self._stub.UnloadAdapter, worker_pb2.UnloadAdapterRequest(name=name))
+        return reply.unloaded
 
     async def check_health(self, timeout: float) -> bool:
         try:

@@ -1,0 +1,181 @@
+"""Plumbing for the LoRA serving suite: services on one background event loop, a worker that
+records which adapters shared each step, PEFT adapters made directly, and the PEFT-merged HF
+model as the greedy oracle."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+from collections.abc import Callable, Coroutine, Sequence
+from contextlib import AbstractAsyncContextManager
+from functools import cache
+from pathlib import Path
+from typing import Any, TypeVar
+
+import torch
+
+from cairn.common.config import ServiceConfig
+from cairn.common.server import GrpcService, RunningServer, start_server
+from cairn.services.scheduler.worker_client import LocalWorkerClient, WorkerClient
+from cairn.services.worker.step import StepInput, StepOutput
+
+R = TypeVar("R")
+
+# A memorization set: answers the tiny random model never produces, learnt by the LoRA job.
+CHATS = [
+    ("What is the capital of France?", "Paris is the capital."),
+    ("Name a red fruit.", "A strawberry is red."),
+    ("How many legs does a cat have?", "A cat has four legs."),
+]
+# Settings that make the tiny model (2 layers, hidden 64) answer every pair exactly, greedy.
+TRAIN_ARGS = {
+    "learning_rate": 2e-2,
+    "max_steps": 60,
+    "micro_batch_size": 4,
+    "lr_scheduler": "constant",
+    "logging_steps": 20,
+    "seed": 0,
+}
+
+
+class LoopThread:
+    """An event loop on a thread: servers live there, tests stay synchronous."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, name="lora-test-loop", daemon=True)
+        self._thread.start()
+
+    def run(self, coro: Coroutine[Any, Any, R], timeout: float = 180) -> R:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join()
+        self.loop.close()
+
+
+class Served:
+    """A service built by `build(config)` (or given as ready services), on an ephemeral loopback port."""
+
+    def __init__(
+        self,
+        loop: LoopThread,
+        config: ServiceConfig,
+        build: Callable[[Any], AbstractAsyncContextManager[list[GrpcService]]],
+    ) -> None:
+        self.loop = loop
+        self.config = config
+        self._built = build(config)
+        self.running: RunningServer = loop.run(self._start())
+
+    async def _start(self) -> RunningServer:
+        return await start_server(self.config, await self._built.__aenter__())
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.running.port}"
+
+    def stop(self) -> None:
+        self.loop.run(self.running.stop(None))
+        self.loop.run(self._built.__aexit__(None, None, None))
+
+
+class RecordingWorker(LocalWorkerClient):
+    """The in-process worker, noting for every step the adapters of the sequences it ran
+    ("" for the base model) and every adapter load and unload."""
+
+    def __init__(self, worker_id: str) -> None:
+        super().__init__(worker_id)
+        self.adapter_of: dict[int, str] = {}
+        self.steps: list[frozenset[str]] = []
+        self.events: list[tuple[str, str]] = []
+
+    async def step(self, step: StepInput) -> StepOutput:
+        for new in step.new_seqs:
+            self.adapter_of[new.seq_id] = new.adapter
+        if step.scheduled:
+            self.steps.append(frozenset(self.adapter_of[s.seq_id] for s in step.scheduled))
+        return await super().step(step)
+
+    async def load_adapter(self, name: str, source: str) -> Any:
+        self.events.append(("load", name))
+        return await super().load_adapter(name, source)
+
+    async def unload_adapter(self, name: str) -> bool:
+        self.events.append(("unload", name))
+        return await super().unload_adapter(name)
+
+
+class RecordingLauncher:
+    def __init__(self) -> None:
+        self.workers: list[RecordingWorker] = []
+
+    async def launch(self, worker_id: str) -> WorkerClient:
+        worker = RecordingWorker(worker_id)
+        self.workers.append(worker)
+        return worker
+
+    async def terminate(self, worker_id: str) -> None:
+        return None
+
+
+def chat_records() -> list[dict[str, Any]]:
+    return [
+        {"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]} for q, a in CHATS
+    ]
+
+
+def make_peft_adapter(
+    base_dir: Path, out: Path, *, r: int, targets: Sequence[str], seed: int, base_ref: str = ""
+) -> Path:
+    """A PEFT LoRA adapter of `base_dir` with random, clearly non-zero weights."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_pretrained(base_dir)
+    config = LoraConfig(r=r, lora_alpha=2 * r, target_modules=list(targets), lora_dropout=0.0)
+    peft = get_peft_model(model, config)
+    with torch.no_grad():
+        for name, param in peft.named_parameters():
+            if "lora_" in name:
+                param.normal_(0.0, 0.3)
+    peft.save_pretrained(out)
+    if base_ref:
+        path = out / "adapter_config.json"
+        path.write_text(json.dumps({**json.loads(path.read_text()), "base_model_name_or_path": base_ref}))
+    return out
+
+
+@cache
+def _merged(base_dir: Path, adapter_dir: Path | None) -> Any:
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(base_dir)
+    if adapter_dir is not None:
+        model = PeftModel.from_pretrained(model, adapter_dir).merge_and_unload()
+    return model.eval()
+
+
+def hf_greedy(
+    base_dir: Path, adapter_dir: Path | None, prompt_ids: Sequence[int], max_tokens: int
+) -> list[int]:
+    """Greedy tokens of the PEFT-merged HF model (the base model alone when `adapter_dir` is None),
+    ending at the first end-of-sequence token as the scheduler does."""
+    model = _merged(base_dir, adapter_dir)
+    ids = torch.tensor([list(prompt_ids)])
+    with torch.no_grad():
+        out = model.generate(
+            ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_tokens, do_sample=False
+        )
+    return out[0, ids.shape[1] :].tolist()
+
+
+def chat_prompt_ids(tokenizer: Any, question: str) -> list[int]:
+    encoded = tokenizer.apply_chat_template(
+        [{"role": "user", "content": question}], add_generation_prompt=True, return_dict=True
+    )
+    return list(encoded["input_ids"])
