@@ -8,6 +8,7 @@ here and nowhere else.
 from __future__ import annotations
 
 from cairn.services.worker.engine_config import EngineConfig
+from cairn.services.worker.lora import LoadedAdapter
 from cairn.services.worker.sampling_params import SamplingParams
 from cairn.services.worker.step import (
     NewSequence,
@@ -114,6 +115,8 @@ def engine_config_from_proto(config: worker_pb2.EngineConfig) -> EngineConfig:
         quantization=_QUANTIZATIONS[config.quantization],
         kv_cache_dtype=_KV_CACHE_DTYPES[config.kv_cache_dtype],
         load_format=config.load_format or "safetensors",
+        max_loras=config.max_loras,
+        max_lora_rank=config.max_lora_rank or 16,
     )
 
 
@@ -140,6 +143,8 @@ def engine_config_to_proto(config: EngineConfig) -> worker_pb2.EngineConfig:
         quantization=quantizations[config.quantization],
         kv_cache_dtype=kv_cache_dtypes[config.kv_cache_dtype],
         load_format=config.load_format,
+        max_loras=config.max_loras,
+        max_lora_rank=config.max_lora_rank,
     )
 
 
@@ -157,6 +162,7 @@ def step_to_proto(step: StepInput) -> worker_pb2.StepRequest:
             num_prompt_tokens=seq.num_prompt_tokens,
             sampling=sampling,
             stop=stop,
+            adapter=seq.adapter,
         )
         if seq.parent_seq_id is not None:
             message.parent_seq_id = seq.parent_seq_id
@@ -182,6 +188,7 @@ def step_from_proto(request: worker_pb2.StepRequest) -> StepInput:
                 num_prompt_tokens=s.num_prompt_tokens,
                 sampling=sampling_from_proto(s.sampling, s.stop),
                 parent_seq_id=s.parent_seq_id if s.HasField("parent_seq_id") else None,
+                adapter=s.adapter,
             )
             for s in request.new_seqs
         ],
@@ -198,6 +205,12 @@ def step_from_proto(request: worker_pb2.StepRequest) -> StepInput:
         finished_seq_ids=list(request.finished_seq_ids),
         block_copies=[(c.src, c.dst) for c in request.block_copies],
         num_steps=request.num_steps or 1,
+    )
+
+
+def adapter_to_proto(adapter: LoadedAdapter) -> worker_pb2.AdapterInfo:
+    return worker_pb2.AdapterInfo(
+        name=adapter.name, source=adapter.source, rank=adapter.rank, base_model=adapter.base_model
     )
 
 

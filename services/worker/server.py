@@ -14,16 +14,18 @@ from contextlib import asynccontextmanager
 
 import grpc
 
-from cairn.common.errors import FailedPrecondition, Unimplemented
+from cairn.common.errors import FailedPrecondition, InvalidArgument
 from cairn.common.server import GrpcService
 from cairn.services.worker.config import WorkerConfig
 from cairn.services.worker.convert import (
+    adapter_to_proto,
     engine_config_from_proto,
     engine_config_to_proto,
     step_from_proto,
     step_output_to_proto,
 )
 from cairn.services.worker.engine_config import EngineConfig
+from cairn.services.worker.loader import resolve_model_path
 from cairn.services.worker.model_runner import ModelRunner
 from cairn.v1 import worker_pb2, worker_pb2_grpc
 
@@ -64,6 +66,7 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
             kv_cache_bytes=runner.kv_cache_bytes,
             cuda_graph_batch_sizes=runner.cuda_graph_batch_sizes,
             max_model_len=runner.max_model_len,
+            adapters=[adapter_to_proto(a) for a in runner.adapters],
         )
 
     def _loaded(self) -> ModelRunner:
@@ -95,12 +98,25 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
         return worker_pb2.FreeSequencesResponse(freed=freed)
 
     async def LoadAdapter(self, request: worker_pb2.LoadAdapterRequest, context: grpc.aio.ServicerContext):
-        raise Unimplemented("LoRA adapter serving is not available in this worker yet")
+        runner = self._loaded()
+        if not request.name:
+            raise InvalidArgument("LoadAdapter needs the name requests will use for the adapter")
+        ref = request.ref.ref
+        if not ref:
+            raise InvalidArgument("LoadAdapter needs ref: a registry reference or a local adapter directory")
+        # A registry reference is pulled outside the lock: steps keep running meanwhile.
+        directory = await asyncio.to_thread(resolve_model_path, ref, runner.config.model_cache_dir)
+        async with self._lock:
+            adapter = await asyncio.to_thread(runner.load_adapter, request.name, directory, ref)
+        return adapter_to_proto(adapter)
 
     async def UnloadAdapter(
         self, request: worker_pb2.UnloadAdapterRequest, context: grpc.aio.ServicerContext
     ):
-        raise Unimplemented("LoRA adapter serving is not available in this worker yet")
+        runner = self._loaded()
+        async with self._lock:
+            unloaded = runner.unload_adapter(request.name)
+        return worker_pb2.UnloadAdapterResponse(unloaded=unloaded)
 
 
 def grpc_service(servicer: WorkerServicer) -> GrpcService:
