@@ -74,23 +74,35 @@ def resolve_device(device: str) -> str:
 
 class RayLauncher:
     """Workers as Ray actors (`cairn.services.worker.actor`), one per device,
-    serving `cairn.v1.Worker` on their own gRPC port."""
+    serving `cairn.v1.Worker` on their own gRPC port. With `tensor_parallel_size`
+    > 1 a worker is a group of that many actors in a placement group on one
+    node, rank 0 serving the API; it lives and dies as one."""
 
-    def __init__(self, device: str = "auto", host: str = "127.0.0.1") -> None:
+    def __init__(self, device: str = "auto", host: str = "127.0.0.1", tensor_parallel_size: int = 1) -> None:
         self.device = resolve_device(device)
         self.host = host
-        self.actors: dict[str, Any] = {}
+        self.tensor_parallel_size = tensor_parallel_size
+        self.handles: dict[str, Any] = {}
+
+    @property
+    def actors(self) -> dict[str, Any]:
+        """The actor serving each worker's API (rank 0 of a group)."""
+        return {worker_id: handle.actor for worker_id, handle in self.handles.items()}
 
     async def launch(self, worker_id: str) -> WorkerClient:
-        from cairn.services.worker.actor import spawn_worker
+        from cairn.services.worker.actor import spawn_group, spawn_worker
 
-        handle = await asyncio.to_thread(spawn_worker, worker_id, self.device, self.host)
-        self.actors[worker_id] = handle.actor
+        if self.tensor_parallel_size == 1:
+            handle = await asyncio.to_thread(spawn_worker, worker_id, self.device, self.host)
+        else:
+            size = self.tensor_parallel_size
+            handle = await asyncio.to_thread(spawn_group, worker_id, self.device, self.host, size)
+        self.handles[worker_id] = handle
         return GrpcWorkerClient(worker_id, handle.address)
 
     async def terminate(self, worker_id: str) -> None:
-        import ray
+        from cairn.services.worker.actor import kill_worker
 
-        actor = self.actors.pop(worker_id, None)
-        if actor is not None:
-            ray.kill(actor, no_restart=True)
+        handle = self.handles.pop(worker_id, None)
+        if handle is not None:
+            await asyncio.to_thread(kill_worker, handle)

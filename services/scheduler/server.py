@@ -98,7 +98,8 @@ def build_pool(config: SchedulerServiceConfig, scaler: NodeScaler | None = None)
         raise ValueError("no model to serve: set --model (a registry reference or a model directory)")
     connect_ray(config.ray_address)
     # Actors on other nodes must be reachable by the scheduler; locally loopback is enough.
-    launcher = RayLauncher(config.device, host="0.0.0.0" if config.ray_address else "127.0.0.1")
+    host = "0.0.0.0" if config.ray_address else "127.0.0.1"
+    launcher = RayLauncher(config.device, host, config.tensor_parallel_size)
     return WorkerPool(
         launcher,
         config,

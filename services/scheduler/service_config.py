@@ -56,6 +56,9 @@ class EngineOptions(BaseModel):
         0, ge=0, description="LoRA adapters each worker holds at once; 0 serves the base model only"
     )
     max_lora_rank: int = Field(16, gt=0, description="largest LoRA rank accepted")
+    tensor_parallel_size: int = Field(
+        1, gt=0, description="devices each replica is split over (tensor parallelism, GPUs of one node)"
+    )
 
     def engine_config(self, model: str, load_format: str = "safetensors") -> EngineConfig:
         """What each worker loads. The worker's step limits match the scheduler's,
@@ -78,6 +81,7 @@ class EngineOptions(BaseModel):
             kv_cache_dtype=self.kv_cache_dtype,
             max_loras=self.max_loras,
             max_lora_rank=self.max_lora_rank,
+            tensor_parallel_size=self.tensor_parallel_size,
         )
 
     def scheduler_config(self, worker_max_model_len: int, num_blocks: int) -> SchedulerConfig:

@@ -1,8 +1,9 @@
 """How an engine reaches its worker: one small interface, two transports.
 
 `LocalWorkerClient` runs a ModelRunner in this process (offline inference and
-benchmarks: no Ray, no gRPC); `GrpcWorkerClient` talks `cairn.v1.Worker` to a
-worker actor. Either way a step runs off the event loop, so the loop keeps
+benchmarks: no Ray, no gRPC; a tensor-parallel one has its other ranks in child
+processes); `GrpcWorkerClient` talks `cairn.v1.Worker` to a worker actor.
+Either way a step runs off the event loop, so the loop keeps
 taking requests, aborts and health checks while the device works.
 """
 
@@ -22,6 +23,7 @@ from cairn.common.channel import make_channel, raise_for_rpc_error
 from cairn.common.errors import Unavailable
 from cairn.services.worker.convert import engine_config_to_proto, step_output_from_proto, step_to_proto
 from cairn.services.worker.engine_config import EngineConfig
+from cairn.services.worker.group import GroupRunner, open_runner
 from cairn.services.worker.loader import resolve_model_path
 from cairn.services.worker.model_runner import ModelRunner
 from cairn.services.worker.step import StepInput, StepOutput
@@ -95,11 +97,11 @@ class LocalWorkerClient:
 
     def __init__(self, worker_id: str = "local-0") -> None:
         self.worker_id = worker_id
-        self.runner: ModelRunner | None = None
+        self.runner: ModelRunner | GroupRunner | None = None
         self._thread = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=f"cairn-{worker_id}")
 
     async def load(self, config: EngineConfig) -> WorkerInfo:
-        self.runner = runner = ModelRunner(config)
+        self.runner = runner = await self._call(open_runner, config)
         await self._call(runner.load)
         await self._call(runner.profile_and_allocate_kv_cache)
         mc = runner.model_config
@@ -130,6 +132,8 @@ class LocalWorkerClient:
         return self.runner is not None
 
     async def close(self) -> None:
+        if isinstance(self.runner, GroupRunner):
+            await self._call(self.runner.close)
         self._thread.shutdown(wait=True, cancel_futures=True)
         self.runner = None
 

@@ -71,6 +71,11 @@ class ModelRunner:
                 f"this runner has {self.tp.size}: tensor-parallel workers start as a group "
                 "(the scheduler's Ray launcher, or group.spawn_local_group)"
             )
+        if self.tp.size > 1 and config.max_loras:
+            raise InvalidArgument(
+                "LoRA adapters are served at tensor_parallel_size 1 only: set max_loras to 0, "
+                "or serve the adapters from single-device replicas"
+            )
         self.config = config
         self.compile_mode = compile_mode
         self.device = config.torch_device()
