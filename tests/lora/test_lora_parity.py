@@ -6,10 +6,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 from lora_helpers import BLOCK_SIZE, hf_logits, make_runner, recorded_logits
 
+from cairn.services.worker.cuda_graphs import DecodeGraphs
 from cairn.services.worker.sampling_params import SamplingParams
 from cairn.services.worker.step import NewSequence, ScheduledSeq, StepInput
 
@@ -92,3 +94,41 @@ def test_adapter_changes_the_output(runner, tiny_model_dir: Path) -> None:
         runner.step(step)
     assert not torch.allclose(seen[0][0], seen[0][1], atol=1e-3)
     runner.free([10, 11])
+
+
+def test_decode_graph_inputs_carry_the_adapter_mapping(runner, peft_adapters, hf_base) -> None:
+    # The decode graphs' step, run uncaptured on the CPU: their staged buffers (padded to a
+    # bucket, tokens grouped by adapter slot) give the eager step's logits; base-only batches too.
+    graphs = DecodeGraphs(
+        runner.model, runner.kv_cache.layers, runner.config.max_num_seqs, runner.table.max_blocks_per_seq,
+        lora=runner.lora,
+    )  # fmt: skip
+    prompts = {
+        20: ("qv", [3, 1, 4, 1, 5]),
+        21: ("", [9, 2, 6]),
+        22: ("mlp", [5, 3, 5, 8, 9, 7]),
+        23: ("", [7]),
+    }
+    runner.step(
+        StepInput(
+            new_seqs=[NewSequence(s, p, len(p), GREEDY, adapter=a) for s, (a, p) in prompts.items()],
+            scheduled=[
+                ScheduledSeq(s, 0, len(p), _blocks(4 * (s - 20), 16)) for s, (_, p) in prompts.items()
+            ],
+        )
+    )
+    for ids in ([20, 21, 22], [21, 23]):
+        states = [runner.table.get(s) for s in ids]
+        rows = np.array([s.row for s in states])
+        starts = runner.table.num_tokens[rows] - 1
+        ones = np.ones(len(ids), dtype=np.int64)
+        batch = runner.builder.build(states, rows, starts, ones, ones.astype(bool))
+        size = graphs.stage(batch)
+        assert size == 4 if len(ids) == 3 else size == len(ids)
+        logits, _ = graphs.forward(size)
+        with recorded_logits(runner) as seen:
+            runner.step(
+                StepInput(scheduled=[ScheduledSeq(s, int(n), 1) for s, n in zip(ids, starts, strict=True)])
+            )
+        torch.testing.assert_close(logits[: len(ids)], seen[0], rtol=1e-5, atol=1e-5)
+    runner.free(list(prompts))
