@@ -18,6 +18,8 @@ class AdapterSlots:
         self.capacity = capacity
         # name -> rank, least recently used first.
         self._resident: OrderedDict[str, int] = OrderedDict()
+        # Slots taken by adapters being loaded (not usable by steps yet).
+        self._loading: set[str] = set()
         # Requests registered on the replica (waiting for the load, queued or running) per adapter.
         self._users: Counter[str] = Counter()
 
@@ -27,7 +29,7 @@ class AdapterSlots:
 
     @property
     def full(self) -> bool:
-        return len(self._resident) >= self.capacity
+        return len(self._resident) + len(self._loading) >= self.capacity
 
     @property
     def resident(self) -> dict[str, int]:
@@ -53,13 +55,21 @@ class AdapterSlots:
         """The least recently used resident adapter no registered request uses, if any."""
         return next((name for name in self._resident if not self._users[name]), None)
 
+    def reserve(self, name: str) -> None:
+        """A slot for `name`, whose load has started."""
+        self._loading.add(name)
+
     def loaded(self, name: str, rank: int) -> None:
+        self._loading.discard(name)
         self._resident[name] = rank
 
     def evicted(self, name: str) -> None:
+        """`name` is off the worker (unloaded, or its load failed)."""
+        self._loading.discard(name)
         self._resident.pop(name, None)
 
     def clear(self) -> None:
         """The worker is gone, and its adapters with it."""
         self._resident.clear()
+        self._loading.clear()
         self._users.clear()

@@ -142,6 +142,9 @@ class AdapterCatalogue:
         if known is not None and known[1] > time.monotonic():
             return known[0]
         async with self._lock:
+            known = self._known.get(name)
+            if known is not None and known[1] > time.monotonic():
+                return known[0]
             try:
                 entry = await asyncio.to_thread(self._resolve, name)
             except (NotFound, InvalidArgument):

@@ -10,10 +10,12 @@ the policy accepts both while a step is in flight. With `num_scheduler_steps`
 per-token cost of the loop and the transport small.
 
 A request with a LoRA adapter the worker does not hold waits beside the
-policy until the loop, between two steps, has loaded it (`AdapterSlots`
-decides which adapter makes room); adapter loads of a replica are thus
-serialized with its steps and with each other, and never race a step that
-still uses the adapter they evict.
+policy until its adapter is loaded. The loop frees a slot between two steps
+(`AdapterSlots` picks the adapter to unload, never one a registered request
+uses, and only once the worker has dropped every finished sequence), then
+loads the adapter while the other requests keep stepping; the waiting
+requests join the policy when the load is done. One load at a time per
+replica.
 
 When the worker fails, the loop stops and reports it; the requests still
 registered are then the pool's to move elsewhere (`take_requests`).
@@ -73,6 +75,9 @@ class Engine:
         # Requests whose adapter is not loaded yet, per adapter, in arrival order.
         self._awaiting: dict[str, list[Request]] = {}
         self._adapter_of: dict[str, str] = {}
+        self._loading: asyncio.Task[None] | None = None
+        # A load that lost the worker: the loop fails with it.
+        self._lost: BaseException | None = None
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
@@ -116,10 +121,11 @@ class Engine:
         self._task = asyncio.create_task(self._run(), name=f"cairn-engine-{self.name}")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
+        tasks = [t for t in (self._task, self._loading) if t is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._task = self._loading = None
 
     def add(self, request: Request, sink: Sink) -> None:
         """Queues a request; raises InvalidArgument (and friends) if it cannot run here."""
@@ -212,8 +218,10 @@ class Engine:
         deltas: list[RequestOutput] = []
         try:
             while True:
-                if self._awaiting:
-                    await self._load_adapters()
+                if self._lost is not None:
+                    raise self._lost
+                if self._awaiting and self._loading is None:
+                    await self._start_adapter_load()
                 step = self.scheduler.schedule()
                 if step.num_preempted:
                     self.metrics.preempted(step.num_preempted)
@@ -258,32 +266,41 @@ class Engine:
             if sink is not None:
                 sink(delta)
 
-    async def _load_adapters(self) -> None:
-        """Loads the adapters requests wait for, oldest first, while slots can be had.
-
-        A slot is freed by unloading the least recently used adapter nobody here
-        uses, and only once the worker has dropped every finished sequence (a
-        sequence still held there would keep using it).
-        """
-        for name in list(self._awaiting):
-            requests = self._awaiting[name]
-            if self.adapters.full:
-                victim = self.adapters.victim()
-                if victim is None or self.scheduler.has_pending_frees:
-                    return
-                await self.worker.unload_adapter(victim)
-                self.adapters.evicted(victim)
+    async def _start_adapter_load(self) -> None:
+        """Starts loading the adapter the oldest waiting request needs, once a slot can be had."""
+        name = next(iter(self._awaiting))
+        if self.adapters.full:
+            victim = self.adapters.victim()
+            if victim is None or self.scheduler.has_pending_frees:
+                return
             try:
-                info = await self.worker.load_adapter(name, requests[0].adapter.source)
-            except CairnError as error:
-                if isinstance(error, Unavailable):
-                    raise
-                self._reject(self._awaiting.pop(name), error)
-                continue
+                await self.worker.unload_adapter(victim)
+            except FailedPrecondition as error:
+                # The worker still runs a sequence with it; the next step settles that.
+                log.warning("replica %s could not unload adapter %s yet: %s", self.name, victim, error)
+                return
+            self.adapters.evicted(victim)
+        self.adapters.reserve(name)
+        self._loading = asyncio.create_task(
+            self._load_adapter(name, self._awaiting[name][0].adapter.source), name=f"cairn-lora-{self.name}"
+        )
+
+    async def _load_adapter(self, name: str, source: str) -> None:
+        try:
+            info = await self.worker.load_adapter(name, source)
+        except Unavailable as error:
+            self._lost = error
+        except CairnError as error:
+            self.adapters.evicted(name)
+            self._reject(self._awaiting.pop(name, []), error)
+        else:
             self.adapters.loaded(name, info.rank)
-            for request in self._awaiting.pop(name):
+            for request in self._awaiting.pop(name, []):
                 self.scheduler.add_request(request)
             log.info("replica %s loaded adapter %s (rank %d)", self.name, name, info.rank)
+        finally:
+            self._loading = None
+            self._wake.set()
 
     def _reject(self, requests: list[Request], error: CairnError) -> None:
         for request in requests:

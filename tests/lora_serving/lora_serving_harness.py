@@ -17,7 +17,7 @@ import torch
 
 from cairn.common.config import ServiceConfig
 from cairn.common.server import GrpcService, RunningServer, start_server
-from cairn.services.scheduler.worker_client import LocalWorkerClient, WorkerClient
+from cairn.services.scheduler.worker_client import LocalWorkerClient, WorkerClient, WorkerLost
 from cairn.services.worker.step import StepInput, StepOutput
 
 R = TypeVar("R")
@@ -84,15 +84,19 @@ class Served:
 
 class RecordingWorker(LocalWorkerClient):
     """The in-process worker, noting for every step the adapters of the sequences it ran
-    ("" for the base model) and every adapter load and unload."""
+    ("" for the base model) and every adapter load and unload; after `fail_after` steps it
+    fails as a dead worker would."""
 
-    def __init__(self, worker_id: str) -> None:
+    def __init__(self, worker_id: str, fail_after: int | None = None) -> None:
         super().__init__(worker_id)
+        self.fail_after = fail_after
         self.adapter_of: dict[int, str] = {}
         self.steps: list[frozenset[str]] = []
         self.events: list[tuple[str, str]] = []
 
     async def step(self, step: StepInput) -> StepOutput:
+        if self.fail_after is not None and len(self.steps) >= self.fail_after:
+            raise WorkerLost(f"worker {self.worker_id} was told to die")
         for new in step.new_seqs:
             self.adapter_of[new.seq_id] = new.adapter
         if step.scheduled:
@@ -109,11 +113,14 @@ class RecordingWorker(LocalWorkerClient):
 
 
 class RecordingLauncher:
-    def __init__(self) -> None:
+    """Recording in-process workers; `fail_after[i]` applies to the i-th one launched."""
+
+    def __init__(self, fail_after: dict[int, int] | None = None) -> None:
+        self.fail_after = fail_after or {}
         self.workers: list[RecordingWorker] = []
 
     async def launch(self, worker_id: str) -> WorkerClient:
-        worker = RecordingWorker(worker_id)
+        worker = RecordingWorker(worker_id, self.fail_after.get(len(self.workers)))
         self.workers.append(worker)
         return worker
 
