@@ -1,0 +1,269 @@
+"""Multi-LoRA throughput: the reference workload with 8 different rank-16 adapters mixed
+uniformly over the requests, next to the base model alone, in the same run.
+
+    python bench/lora.py --models 8b --out bench/results/lora_8b_h200.json
+    python bench/lora.py --models 0.5b --out bench/results/lora_0.5b_h200.json
+    python bench/lora.py --tiny --out /tmp/lora.json                      # CPU smoke run
+
+Random-init weights (`load_format="dummy"`, the shapes of engine_decode.py), bf16, the
+in-process engine (scheduler Engine + ModelRunner) as bench/throughput.py drives it. The
+adapters are PEFT directories written here (random A and B on every q/k/v/o/gate/up/down
+projection, rank 16, small enough that the outputs stay finite). Variants, each a fresh
+engine on the same prompts:
+
+  base        max_loras 0: the base model with no LoRA machinery at all (the reference);
+  lora-base   max_loras 8 with the 8 adapters resident, every request on the base model:
+              what LoRA-enabled serving costs requests that use no adapter;
+  lora-mixed  max_loras 8, request i runs with adapter i % 8: the issue's workload.
+
+Adapters are loaded during the warm-up, outside the timed run. The target (issue #9):
+lora-mixed output tokens/s >= 80% of base.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+from types import ModuleType
+
+import torch
+from engine_decode import SHAPES, git_commit, machine
+from safetensors.torch import save_file
+from throughput import latency_summary, load_workload, release_memory
+
+from cairn.services.scheduler.offline import LLM, GenerationResult, _Collector
+from cairn.services.scheduler.sequence import AdapterRef, Request
+from cairn.services.worker.engine_config import EngineConfig
+from cairn.services.worker.sampling_params import SamplingParams
+
+NUM_ADAPTERS = 8
+RANK = 16
+VARIANTS = ("base", "lora-base", "lora-mixed")
+
+
+def write_adapter(shape: dict, out: Path, seed: int, rank: int) -> Path:
+    """A PEFT LoRA adapter of `shape` on all seven projections, random A and B."""
+    hidden, inter = shape["hidden_size"], shape["intermediate_size"]
+    head_dim = shape.get("head_dim") or hidden // shape["num_attention_heads"]
+    q, kv = shape["num_attention_heads"] * head_dim, shape["num_key_value_heads"] * head_dim
+    # projection -> (in, out)
+    sizes = {
+        "self_attn.q_proj": (hidden, q),
+        "self_attn.k_proj": (hidden, kv),
+        "self_attn.v_proj": (hidden, kv),
+        "self_attn.o_proj": (q, hidden),
+        "mlp.gate_proj": (hidden, inter),
+        "mlp.up_proj": (hidden, inter),
+        "mlp.down_proj": (inter, hidden),
+    }
+    generator = torch.Generator().manual_seed(seed)
+    tensors = {}
+    for layer in range(shape["num_hidden_layers"]):
+        for name, (fan_in, fan_out) in sizes.items():
+            prefix = f"base_model.model.model.layers.{layer}.{name}"
+            a = torch.randn(rank, fan_in, generator=generator) / fan_in**0.5
+            b = torch.randn(fan_out, rank, generator=generator) * 0.01
+            tensors[f"{prefix}.lora_A.weight"] = a.to(torch.bfloat16)
+            tensors[f"{prefix}.lora_B.weight"] = b.to(torch.bfloat16)
+    out.mkdir(parents=True)
+    save_file(tensors, out / "adapter_model.safetensors")
+    config = {
+        "peft_type": "LORA",
+        "task_type": "CAUSAL_LM",
+        "r": rank,
+        "lora_alpha": 2 * rank,
+        "target_modules": [name.split(".")[1] for name in sizes],
+        "bias": "none",
+    }
+    (out / "adapter_config.json").write_text(json.dumps(config))
+    return out
+
+
+def make_llm(model_dir: Path, args: argparse.Namespace, max_loras: int) -> LLM:
+    return LLM(
+        str(model_dir),
+        load_format="dummy",
+        device=args.device,
+        dtype=args.dtype,
+        max_num_seqs=args.max_num_seqs,
+        max_num_batched_tokens=args.max_num_batched_tokens,
+        max_model_len=args.max_model_len,
+        num_scheduler_steps=args.num_scheduler_steps,
+        gpu_memory_utilization=args.gpu_memory_utilization,
+        cpu_kv_cache_gb=args.cpu_kv_cache_gb,
+        enforce_eager=args.enforce_eager,
+        max_loras=max_loras,
+        max_lora_rank=RANK,
+    )
+
+
+def generate(
+    llm: LLM, prompts: list[list[int]], params: SamplingParams, adapters: list[AdapterRef | None]
+) -> list[GenerationResult]:
+    """`LLM.generate` with a LoRA adapter per prompt (None: the base model), through the same
+    engine calls and result collectors; its loop runs the engine."""
+    loop = llm._loop
+    done: asyncio.Queue[int] = asyncio.Queue()
+    collectors = []
+    for index, (prompt, adapter) in enumerate(zip(prompts, adapters, strict=True)):
+        request = Request(
+            f"lora-{time.monotonic_ns()}-{index}",
+            prompt,
+            params,
+            adapter=adapter,
+            cache_key=None if adapter is None else adapter.name,
+        )
+        collectors.append(_Collector(index, request, done))
+        llm.engine.add(request, collectors[-1])
+    for _ in collectors:
+        loop.run_until_complete(done.get())
+    return [c.result(lambda tokens: None) for c in collectors]
+
+
+def run_variant(
+    llm: LLM, prompts: list[list[int]], output_len: int, adapters: list[AdapterRef | None]
+) -> dict:
+    # Warm-up: kernels, graphs, and every adapter loaded into its slot before the timed run.
+    warm = list(dict.fromkeys(adapters))
+    warm_params = SamplingParams(temperature=0.0, max_tokens=8, ignore_eos=True)
+    generate(llm, [prompts[0][:64]] * len(warm), warm_params, warm)
+    params = SamplingParams(temperature=0.0, max_tokens=output_len, ignore_eos=True)
+    start = time.perf_counter()
+    results = generate(llm, prompts, params, adapters)
+    wall = time.perf_counter() - start
+    generated = sum(len(r.outputs[0].token_ids) for r in results)
+    if generated != len(prompts) * output_len:
+        raise RuntimeError(f"generated {generated} tokens, expected {len(prompts) * output_len}")
+    return {
+        "requests": len(prompts),
+        "adapters": len({a.name for a in adapters if a is not None}),
+        "generated_tokens": generated,
+        "wall_s": wall,
+        "output_tokens_per_s": generated / wall,
+        "ttft_s": latency_summary([r.first_token_time - r.arrival_time for r in results]),
+        "time_per_output_token_s": latency_summary(
+            [(r.finish_time - r.first_token_time) / max(output_len - 1, 1) for r in results]
+        ),
+        "num_kv_blocks": llm.info.num_blocks,
+        "preemptions": llm.engine.scheduler.num_preemptions,
+    }
+
+
+def bench_model(name: str, args: argparse.Namespace, workload: ModuleType) -> dict:
+    shape = SHAPES[name]
+    vocab = min(args.workload_vocab, shape["vocab_size"])
+    prompts, output_len = workload.reference_workload(
+        n=args.requests, vocab=vocab, output_len=args.output_len
+    )
+    result: dict = {"shape": {k: v for k, v in shape.items() if not k.endswith("_token_id")}}
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        (root / "model").mkdir()
+        (root / "model" / "config.json").write_text(json.dumps(shape))
+        refs = [
+            AdapterRef(f"adapter-{i}", str(write_adapter(shape, root / f"adapter-{i}", seed=i, rank=RANK)))
+            for i in range(NUM_ADAPTERS)
+        ]
+        mixed = [refs[i % NUM_ADAPTERS] for i in range(len(prompts))]
+        for variant in args.variants:
+            llm = make_llm(root / "model", args, 0 if variant == "base" else NUM_ADAPTERS)
+            try:
+                if variant == "lora-base":
+                    # The adapters resident, as a serving replica's would be; no request uses them.
+                    generate(llm, [prompts[0][:16]] * NUM_ADAPTERS, SamplingParams(max_tokens=1), refs)
+                adapters = mixed if variant == "lora-mixed" else [None] * len(prompts)
+                result[variant] = run_variant(llm, prompts, output_len, adapters)
+            finally:
+                llm.close()
+                del llm
+                release_memory()
+            print(f"{name} {variant}: {result[variant]['output_tokens_per_s']:.0f} output tok/s", flush=True)
+    if "base" in result:
+        base = result["base"]["output_tokens_per_s"]
+        for variant in ("lora-base", "lora-mixed"):
+            if variant in result:
+                result[f"{variant}_vs_base"] = result[variant]["output_tokens_per_s"] / base
+    return result
+
+
+def print_table(results: dict) -> None:
+    for name, r in results["models"].items():
+        print(
+            f"\n== {name}: {results['settings']['requests']} requests, {NUM_ADAPTERS} adapters of rank {RANK}"
+        )
+        for variant in VARIANTS:
+            if variant in r:
+                v = r[variant]
+                ratio = r.get(f"{variant}_vs_base")
+                note = "" if ratio is None else f"   {100 * ratio:5.1f}% of base"
+                print(
+                    f"{variant:<11} {v['output_tokens_per_s']:10.0f} output tok/s ({v['wall_s']:.1f} s, "
+                    f"TPOT median {v['time_per_output_token_s']['median'] * 1e3:.1f} ms){note}"
+                )
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--models", default="0.5b", help=f"comma-separated, of {sorted(SHAPES)}")
+    parser.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated, of {VARIANTS}")
+    parser.add_argument("--tiny", action="store_true", help="CPU smoke run: tiny shape, small counts, fp32")
+    parser.add_argument("--out", type=Path, required=True, help="JSON results path")
+    parser.add_argument("--workload", type=Path, help="the reference workload.py (default: shared/bench/)")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--dtype", default="bfloat16")
+    parser.add_argument("--requests", type=int, default=512)
+    parser.add_argument("--output-len", type=int, default=256)
+    parser.add_argument("--workload-vocab", type=int, default=32000, help="token ids are drawn below this")
+    parser.add_argument("--max-num-seqs", type=int, default=512, help="512 seats: the whole workload at once")
+    parser.add_argument("--max-num-batched-tokens", type=int, default=8192)
+    parser.add_argument("--max-model-len", type=int, default=4096)
+    parser.add_argument("--num-scheduler-steps", type=int, default=8, help="decode steps per worker call")
+    parser.add_argument("--gpu-memory-utilization", type=float, default=0.9)
+    parser.add_argument("--cpu-kv-cache-gb", type=float, default=1.0)
+    parser.add_argument("--enforce-eager", action="store_true")
+    parser.add_argument("--commit", help="commit to record when the tree is a copy without .git")
+    args = parser.parse_args(argv)
+    if args.tiny:
+        args.models, args.device, args.dtype = "tiny", "cpu", "float32"
+        args.requests, args.output_len, args.max_num_seqs, args.workload_vocab = 16, 8, 16, 512
+        args.max_num_batched_tokens, args.cpu_kv_cache_gb = 1024, 0.25
+    args.models = args.models.split(",")
+    args.variants = args.variants.split(",")
+    unknown = set(args.models) - set(SHAPES)
+    if unknown:
+        parser.error(f"unknown models {sorted(unknown)}; choose from {sorted(SHAPES)}")
+    if set(args.variants) - set(VARIANTS):
+        parser.error(f"unknown variants {sorted(set(args.variants) - set(VARIANTS))}; choose from {VARIANTS}")
+    args.torch_device = EngineConfig(model="", device=args.device).torch_device()
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    workload = load_workload(args.workload)
+    results = {
+        "commit": args.commit or git_commit(),
+        "machine": machine(args.torch_device),
+        "torch": torch.__version__,
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "settings": {k: str(v) if isinstance(v, Path | torch.device) else v for k, v in vars(args).items()},
+        "models": {},
+    }
+    for name in args.models:
+        results["models"][name] = bench_model(name, args, workload)
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"results in {args.out}")
+    print_table(results)
+
+
+if __name__ == "__main__":
+    main()
