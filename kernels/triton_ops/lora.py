@@ -27,7 +27,7 @@ from cairn.kernels.triton_ops.attention_tile import dot_precision
 
 _MAX_SLICES = 3
 _BLOCK_K = 64
-_BLOCK_N = 64
+_BLOCK_N = 128
 
 
 @triton.jit
