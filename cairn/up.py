@@ -47,6 +47,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--http-port", type=int, default=8000, help="OpenAI-compatible HTTP port (0: any free port)"
     )
     parser.add_argument("--model", default=DEFAULT_MODEL, help="name of the embedded default model")
+    parser.add_argument(
+        "--max-loras",
+        type=int,
+        default=4,
+        help="LoRA adapters the worker holds at once (0: the base model only); any registry adapter of "
+        "the model is servable by its registry name",
+    )
+    parser.add_argument("--max-lora-rank", type=int, default=16, help="largest LoRA rank accepted")
+    parser.add_argument(
+        "--lora-modules",
+        nargs="+",
+        default=[],
+        metavar="NAME=REF",
+        help="adapters served under a name of their own: a registry reference or a PEFT directory each",
+    )
     parser.set_defaults(func=_up)
 
 
@@ -139,6 +154,9 @@ async def _serve_stack(args: argparse.Namespace, home: Path, registry: str) -> N
             device="cpu",
             # The tiny model needs little KV cache; the 1 GiB default would only cost start-up time.
             cpu_kv_cache_gb=0.0625,
+            max_loras=args.max_loras,
+            max_lora_rank=args.max_lora_rank,
+            lora_modules=args.lora_modules,
         )
         scheduler = await _start(stack, config, scheduler_services)
         router_config = RouterConfig(
@@ -163,7 +181,7 @@ async def _serve_stack(args: argparse.Namespace, home: Path, registry: str) -> N
             "router": f"{args.host}:{router.port}",
             "http": f"http://{args.host}:{runtime.http_port}",
         }
-        print(_banner(home, addresses, ref, args.model), flush=True)
+        print(_banner(home, addresses, ref, args.model, args.max_loras), flush=True)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -172,7 +190,7 @@ async def _serve_stack(args: argparse.Namespace, home: Path, registry: str) -> N
         print("cairn up: shutting down", flush=True)
 
 
-def _banner(home: Path, at: dict[str, str], ref: str, model: str) -> str:
+def _banner(home: Path, at: dict[str, str], ref: str, model: str, max_loras: int) -> str:
     http, router = at["http"], at["router"]
     completion = f'{{"model": "{model}", "prompt": "Once upon a time", "max_tokens": 32}}'
     chat = f'{{"model": "{model}", "messages": [{{"role": "user", "content": "Hello!"}}], "stream": true}}'
@@ -191,6 +209,9 @@ def _banner(home: Path, at: dict[str, str], ref: str, model: str) -> str:
             f"  scheduler        {at['scheduler']}   (serves {ref} on 1 CPU worker, local Ray)",
             f"  router           {router}   (gRPC cairn.v1.Inference, model {model})",
             f"  openai api       {http}/v1   (schema {http}/openapi.json, docs {http}/docs)",
+            f"  lora adapters    any peft-adapter of {ref} in the registry, by name ({max_loras} at once)"
+            if max_loras
+            else "  lora adapters    off (--max-loras 0)",
             "",
             "try:",
             f"  curl {http}/v1/completions -H 'Content-Type: application/json' -d '{completion}'",
