@@ -16,6 +16,7 @@ import gc
 import json
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -151,13 +152,14 @@ def local_adapter(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
     return make_peft_adapter(tiny_model_dir, out, r=4, targets=["q_proj", "v_proj", "down_proj"], seed=1)
 
 
-@pytest.fixture(scope="module")
-def scheduler(
-    loop: LoopThread, registry: RegistryClient, base_ref: str, adapter_ref: str, local_adapter: Path
-) -> Iterator[tuple[Served, RecordingLauncher]]:
+@contextmanager
+def _scheduler(
+    loop: LoopThread, model: str, deployment: str, lora_modules: dict[str, str]
+) -> Iterator[tuple[Any, RecordingLauncher]]:
+    """A scheduler service serving `model` with an in-process recording worker."""
     config = SchedulerServiceConfig(
-        model="tiny@production",
-        deployment="tiny",
+        model=model,
+        deployment=deployment,
         device="cpu",
         dtype="float32",
         block_size=16,
@@ -168,24 +170,50 @@ def scheduler(
         num_workers=1,
         max_loras=2,
         max_lora_rank=16,
-        lora_modules={"local": str(local_adapter)},
+        lora_modules=lora_modules,
         port=0,
         metrics_port=0,
         log_level="WARNING",
     )
     launcher = RecordingLauncher()
-    pool = WorkerPool(
-        launcher, config, config.model, config.deployment_name, lora_modules=config.lora_modules
-    )
+    pool = WorkerPool(launcher, config, config.model, deployment, lora_modules=config.lora_modules)
 
     async def start() -> Any:
         await pool.start(1)
         return await start_server(config, [grpc_service(pool)])
 
     running = loop.run(start())
-    yield running, launcher
-    loop.run(running.stop(None))
-    loop.run(pool.close())
+    try:
+        yield running, launcher
+    finally:
+        loop.run(running.stop(None))
+        loop.run(pool.close())
+
+
+@pytest.fixture(scope="module")
+def scheduler(
+    loop: LoopThread, base_ref: str, adapter_ref: str, local_adapter: Path
+) -> Iterator[tuple[Any, RecordingLauncher]]:
+    """Deployment "tiny": the base of the trained adapter, with the LoRA module "local"."""
+    with _scheduler(loop, "tiny@production", "tiny", {"local": str(local_adapter)}) as served:
+        yield served
+
+
+@pytest.fixture(scope="module")
+def narrow_model(tiny_model_factory: Any) -> Path:
+    return tiny_model_factory(hidden_size=32, num_heads=2, num_kv_heads=1, intermediate_size=64)
+
+
+@pytest.fixture(scope="module")
+def narrow_ref(registry: RegistryClient, narrow_model: Path) -> str:
+    return registry.push_dir(narrow_model, "tiny-narrow").ref
+
+
+@pytest.fixture(scope="module")
+def narrow_scheduler(loop: LoopThread, narrow_ref: str) -> Iterator[tuple[Any, RecordingLauncher]]:
+    """Deployment "narrow": another base model (hidden size 32), LoRA on."""
+    with _scheduler(loop, narrow_ref, "narrow", {}) as served:
+        yield served
 
 
 @pytest.fixture(scope="module")
@@ -194,6 +222,8 @@ def router(
     registry: RegistryClient,
     base_ref: str,
     scheduler: tuple[Any, RecordingLauncher],
+    narrow_scheduler: tuple[Any, RecordingLauncher],
+    narrow_ref: str,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Router]:
     tokenizer_config = TokenizerConfig(
@@ -202,19 +232,19 @@ def router(
         log_level="WARNING",
         registry_address=registry.target,
         cache_dir=tmp_path_factory.mktemp("tokenizer-cache"),
-        preload=["tiny@production"],
+        preload=["tiny@production", narrow_ref],
         threads=2,
     )
     tokenizer = Served(loop, tokenizer_config, tokenizer_services)
-    running, _ = scheduler
+    running, narrow = scheduler[0], narrow_scheduler[0]
     config = RouterConfig(
         port=0,
         metrics_port=0,
         http_port=0,
         log_level="WARNING",
         tokenizer_address=tokenizer.address,
-        deployments={"tiny": [f"127.0.0.1:{running.port}"]},
-        tokenizers={"tiny": "tiny@production"},
+        deployments={"tiny": [f"127.0.0.1:{running.port}"], "narrow": [f"127.0.0.1:{narrow.port}"]},
+        tokenizers={"tiny": "tiny@production", "narrow": narrow_ref},
     )
 
     async def start() -> tuple[RouterRuntime, Any]:
@@ -324,33 +354,54 @@ def test_an_adapter_published_after_start_up_is_served_without_a_restart(
     assert {m.id: m.root for m in client.models.list()}["late-lora"] == version.ref
 
 
-def test_an_adapter_of_another_base_model_is_refused(
+def test_an_adapter_goes_to_the_deployment_of_its_base_model(
     client: openai.OpenAI,
     registry: RegistryClient,
-    tiny_model_factory: Any,
-    router: Router,
+    narrow_model: Path,
+    narrow_ref: str,
+    narrow_scheduler: tuple[Any, RecordingLauncher],
+    tokenizer: Any,
     tmp_path: Path,
 ) -> None:
-    other = tiny_model_factory(hidden_size=32, num_heads=2, num_kv_heads=1, intermediate_size=64)
-    other_ref = registry.push_dir(other, "tiny-narrow").ref
-    directory = make_peft_adapter(other, tmp_path / "narrow", r=4, targets=["q_proj", "v_proj"], seed=3)
-    registry.push_dir(directory, "narrow-lora", format="peft-adapter", parents=[other_ref])
+    directory = make_peft_adapter(
+        narrow_model, tmp_path / "narrow", r=4, targets=["q_proj", "v_proj"], seed=3
+    )
+    registry.push_dir(directory, "narrow-lora", format="peft-adapter", parents=[narrow_ref])
 
-    with pytest.raises(
-        openai.BadRequestError, match=f"trained on {other_ref}, but deployment 'tiny' serves tiny@1"
-    ):
-        client.completions.create(model="narrow-lora", prompt="Hello", max_tokens=4)
+    response = client.completions.create(
+        model="narrow-lora", prompt="Hello", max_tokens=MAX_TOKENS, temperature=0
+    )
+    want = hf_greedy(narrow_model, directory, tokenizer.encode("Hello"), MAX_TOKENS)
+    assert response.choices[0].text == tokenizer.decode(want, skip_special_tokens=True)
+    _, launcher = narrow_scheduler
+    assert ("load", "narrow-lora@1") in launcher.workers[0].events
+    assert {m.id: m.parent for m in client.models.list()}["narrow-lora"] == "narrow"
+
+
+def test_an_adapter_of_a_base_model_no_deployment_serves_is_refused(
+    client: openai.OpenAI, registry: RegistryClient, tiny_model_factory: Any, router: Router, tmp_path: Path
+) -> None:
+    wide = tiny_model_factory(hidden_size=96, num_heads=4, num_kv_heads=2, intermediate_size=192)
+    wide_ref = registry.push_dir(wide, "tiny-wide").ref
+    directory = make_peft_adapter(wide, tmp_path / "wide", r=4, targets=["q_proj", "v_proj"], seed=4)
+    registry.push_dir(directory, "wide-lora", format="peft-adapter", parents=[wide_ref])
+
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.completions.create(model="wide-lora", prompt="Hello", max_tokens=4)
+    message = str(refused.value)
+    for deployment, serves in (("tiny", "tiny@1"), ("narrow", "tiny-narrow@1")):
+        assert f"trained on {wide_ref}, but deployment {deployment!r} serves {serves}" in message, message
 
     with grpc.insecure_channel(f"127.0.0.1:{router.grpc_port}") as channel:
         stub = inference_pb2_grpc.InferenceStub(channel)
         with pytest.raises(grpc.RpcError) as err:
-            stub.Generate(inference_pb2.GenerateRequest(model="narrow-lora", text="Hello"))
+            stub.Generate(inference_pb2.GenerateRequest(model="wide-lora", text="Hello"))
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
     # Without lineage the registry cannot tell; the worker's shape check refuses it.
-    registry.push_dir(directory, "narrow-orphan", format="peft-adapter")
+    registry.push_dir(directory, "wide-orphan", format="peft-adapter")
     with pytest.raises(openai.BadRequestError, match="different base model"):
-        client.completions.create(model="narrow-orphan", prompt="Hello", max_tokens=4)
+        client.completions.create(model="wide-orphan", prompt="Hello", max_tokens=4)
     # The stack still serves afterwards.
     assert client.completions.create(model="tiny", prompt="Hello", max_tokens=2).choices[0].text is not None
 
