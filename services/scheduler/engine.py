@@ -280,6 +280,7 @@ class Engine:
                 log.warning("replica %s could not unload adapter %s yet: %s", self.name, victim, error)
                 return
             self.adapters.evicted(victim)
+            self.metrics.adapter_evicted()
         self.adapters.reserve(name)
         self._loading = asyncio.create_task(
             self._load_adapter(name, self._awaiting[name][0].adapter.source), name=f"cairn-lora-{self.name}"
@@ -295,6 +296,7 @@ class Engine:
             self._reject(self._awaiting.pop(name, []), error)
         else:
             self.adapters.loaded(name, info.rank)
+            self.metrics.adapter_loaded()
             for request in self._awaiting.pop(name, []):
                 self.scheduler.add_request(request)
             log.info("replica %s loaded adapter %s (rank %d)", self.name, name, info.rank)

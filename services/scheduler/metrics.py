@@ -50,6 +50,10 @@ STEPS = Counter("cairn_scheduler_steps", "Worker steps run.", _D)
 FINISHED = Counter("cairn_scheduler_requests_finished", "Requests finished, by reason.", [*_D, "reason"])
 MOVED = Counter("cairn_scheduler_requests_moved", "Request pieces moved to another replica.", _D)
 WORKER_FAILURES = Counter("cairn_scheduler_worker_failures", "Worker replicas lost.", _D)
+ADAPTER_LOADS = Counter("cairn_scheduler_adapter_loads", "LoRA adapters loaded onto workers.", _D)
+ADAPTER_EVICTIONS = Counter(
+    "cairn_scheduler_adapter_evictions", "LoRA adapters unloaded to make room for another.", _D
+)
 TTFT = Histogram(
     "cairn_scheduler_time_to_first_token_seconds",
     "Arrival to first output token.",
@@ -75,9 +79,17 @@ class EngineMetrics:
         self._preemptions = PREEMPTIONS.labels(deployment)
         self._generated = GENERATED_TOKENS.labels(deployment)
         self._steps = STEPS.labels(deployment)
+        self._adapter_loads = ADAPTER_LOADS.labels(deployment)
+        self._adapter_evictions = ADAPTER_EVICTIONS.labels(deployment)
 
     def preempted(self, count: int) -> None:
         self._preemptions.inc(count)
+
+    def adapter_loaded(self) -> None:
+        self._adapter_loads.inc()
+
+    def adapter_evicted(self) -> None:
+        self._adapter_evictions.inc()
 
     def stepped(self, generated: int) -> None:
         self._steps.inc()

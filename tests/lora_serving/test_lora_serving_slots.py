@@ -14,6 +14,7 @@ from typing import Any
 import grpc
 import pytest
 from lora_serving_harness import LoopThread, RecordingLauncher, hf_greedy, make_peft_adapter
+from prometheus_client import REGISTRY
 from pydantic import ValidationError
 
 from cairn.common.server import start_server
@@ -72,7 +73,7 @@ def scheduler(
         "log_level": "WARNING",
     }
     config = SchedulerServiceConfig(**(settings | overrides))
-    pool = WorkerPool(launcher, config, config.model, "tiny", lora_modules=config.lora_modules)
+    pool = WorkerPool(launcher, config, config.model, config.deployment, lora_modules=config.lora_modules)
 
     async def start() -> Any:
         await pool.start(config.num_workers)
@@ -129,7 +130,7 @@ def test_adapters_take_turns_in_one_slot(
     launcher = RecordingLauncher()
     jobs = [(prompt, adapter) for prompt in PROMPTS for adapter in ("a", "b", "")]
     with (
-        scheduler(loop, tiny_model_dir, adapters, launcher) as (stub, _),
+        scheduler(loop, tiny_model_dir, adapters, launcher, deployment="slots") as (stub, _),
         ThreadPoolExecutor(len(jobs)) as threads,
     ):
         outputs = list(threads.map(lambda job: _generate(stub, job[0], job[1], 8), jobs))
@@ -141,6 +142,12 @@ def test_adapters_take_turns_in_one_slot(
     assert all(len(step - {""}) <= 1 for step in worker.steps)
     loads = [name for kind, name in worker.events if kind == "load"]
     assert set(loads) == {"a", "b"}
+    assert REGISTRY.get_sample_value("cairn_scheduler_adapter_loads_total", {"deployment": "slots"}) == len(
+        loads
+    )
+    assert REGISTRY.get_sample_value("cairn_scheduler_adapter_evictions_total", {"deployment": "slots"}) == (
+        len(loads) - 1
+    )
     assert (
         worker.events
         == [e for load in loads for e in (("unload", "b" if load == "a" else "a"), ("load", load))][1:]
