@@ -55,7 +55,7 @@ class LoRAAdapters:
         weight = next(model.parameters())
         layers = {}
         for index, decoder in enumerate(model.model.layers):
-            for sublayer_name, name in {(s, m) for s, m, _ in _TARGETS.values()}:
+            for sublayer_name, name in dict.fromkeys((s, m) for s, m, _ in _TARGETS.values()):
                 sublayer = getattr(decoder, sublayer_name)
                 base = getattr(sublayer, name)
                 sizes = sublayer.shard_sizes() if name in _FUSED else (base.out_features,)
