@@ -112,10 +112,12 @@ def step_script(vocab_size: int) -> list[StepInput]:
 
 @dataclass
 class Run:
-    """What rank 0 saw: the logits of every forward that needed some, and the steps' outputs."""
+    """What rank 0 saw: the logits of every forward that needed some, the steps' outputs, and
+    how many forwards replayed a CUDA graph."""
 
     logits: list[torch.Tensor]
     outputs: list[StepOutput]
+    graph_replays: int = 0
 
 
 def run_script(runner: ModelRunner | GroupRunner, vocab_size: int) -> Run:
@@ -131,6 +133,16 @@ def run_script(runner: ModelRunner | GroupRunner, vocab_size: int) -> Run:
         return result
 
     inner._logits = recording
+    replays = 0
+    if inner.graphs is not None:
+        replay = inner.graphs.run
+
+        def counting(*args: Any) -> Any:
+            nonlocal replays
+            replays += 1
+            return replay(*args)
+
+        inner.graphs.run = counting
     table = inner.table
     outputs = []
     for step in step_script(vocab_size):
@@ -141,7 +153,7 @@ def run_script(runner: ModelRunner | GroupRunner, vocab_size: int) -> Run:
                 new.token_ids = [int(t) for t in table.token_ids[parent.row, : table.num_tokens[parent.row]]]
         outputs.append(runner.step(step))
     runner.free(list(table.seqs))
-    return Run(logits, outputs)
+    return Run(logits, outputs, replays)
 
 
 def run_single(config: EngineConfig, vocab_size: int) -> Run:

@@ -93,13 +93,15 @@ def prompts(count: int, seed: int) -> list[tuple[list[int], int]]:
     ]
 
 
-def one_device_greedy(model: Path, specs: list[tuple[list[int], int]]) -> list[list[int]]:
+def one_device_greedy(
+    model: Path, specs: list[tuple[list[int], int]], device: str = "cpu"
+) -> list[list[int]]:
     """Each prompt's greedy tokens on one device, generated alone, cut after the first EOS as
     the scheduler stops there."""
     runner = ModelRunner(
         EngineConfig(
             model=str(model),
-            device="cpu",
+            device=device,
             dtype="float32",
             block_size=BLOCK_SIZE,
             num_blocks=128,
