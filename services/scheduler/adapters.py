@@ -10,6 +10,11 @@ Two kinds of names reach a deployment as a request's adapter:
   restart: they resolve when a request (or the router, asking GetInfo) first
   names them.
 
+The deployment also scans the registry every `scan_interval_s` (when asked
+what it serves) for adapters whose newest version was trained on its base,
+so GetInfo, and through it the router's model list, shows them before anyone
+requested them.
+
 A registry name resolves to one pinned version ("acme/support-lora@3"); the
 workers know the adapter by that pinned name, so a newer version published
 under the same name loads beside the old one instead of changing it under
@@ -46,6 +51,7 @@ ADAPTER_FORMAT = "peft-adapter"
 # moved, or a newer version, is picked up by the next request.
 RESOLVE_TTL_S = 10.0
 REGISTRY_TIMEOUT_S = 10.0
+SCAN_INTERVAL_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -106,8 +112,10 @@ class AdapterCatalogue:
         registry: RegistryFactory = lambda: RegistryClient(timeout=REGISTRY_TIMEOUT_S),
         *,
         enabled: bool = True,
+        scan_interval_s: float = SCAN_INTERVAL_S,
     ) -> None:
         self.deployment = deployment
+        self.scan_interval_s = scan_interval_s
         self.model = model
         self.static = dict(lora_modules)
         self.enabled = enabled
@@ -116,19 +124,52 @@ class AdapterCatalogue:
         # Names resolved so far (listed from then on), with when they must be resolved again.
         self._known: dict[str, tuple[AdapterEntry, float]] = {}
         self._lock = asyncio.Lock()
+        # The registry's adapters of this base as the last scan found them, and what each
+        # (model, newest version) the scans saw turned out to be.
+        self._scanned: dict[str, AdapterEntry] = {}
+        self._checked: dict[tuple[str, int], AdapterEntry | None] = {}
+        self._scan: asyncio.Task[None] | None = None
+        self._scanned_at = -scan_interval_s
 
     async def start(self) -> None:
         """Finds the base model's registry version (lineage checks need it)."""
         self.base = await asyncio.to_thread(self._find_base)
+        self._start_scan()
         if self.static:
             log.info("deployment %s: LoRA modules %s", self.deployment, self.static)
 
+    async def close(self) -> None:
+        if self._scan is not None:
+            self._scan.cancel()
+            await asyncio.gather(self._scan, return_exceptions=True)
+
     def listed(self) -> list[AdapterEntry]:
-        """Static modules first, then the registry adapters resolved so far."""
+        """Static modules first, then the registry adapters the last scan found or requests
+        resolved. Starts a scan of the registry when the last one is older than scan_interval_s."""
+        self._start_scan()
         entries = {name: self._static_entry(name) for name in self.static}
+        for name, entry in self._scanned.items():
+            entries.setdefault(name, entry)
         for name, (entry, _) in self._known.items():
             entries[name] = entry
         return list(entries.values())
+
+    def _start_scan(self) -> None:
+        now = time.monotonic()
+        if not self.enabled or self.base is None or self._scan is not None:
+            return
+        if now - self._scanned_at < self.scan_interval_s:
+            return
+        self._scanned_at = now
+        self._scan = asyncio.create_task(self._run_scan(), name=f"cairn-lora-scan-{self.deployment}")
+
+    async def _run_scan(self) -> None:
+        try:
+            self._scanned = await asyncio.to_thread(self._scan_registry)
+        except Exception as error:
+            log.warning("deployment %s could not list the registry's adapters: %s", self.deployment, error)
+        finally:
+            self._scan = None
 
     async def resolve(self, name: str) -> AdapterEntry:
         """What `name` loads; NotFound if it names no adapter (or LoRA is off here),
@@ -168,6 +209,31 @@ class AdapterCatalogue:
             version = registry.resolve(self.model)
         return BaseModel(version.key, version.digest)
 
+    def _scan_registry(self) -> dict[str, AdapterEntry]:
+        found = {}
+        with self._registry() as registry:
+            for model in registry.list_models():
+                if not model.latest_version:
+                    continue
+                key = (model.name, model.latest_version)
+                if key not in self._checked:
+                    self._checked[key] = self._adapter_of_base(registry, model.name)
+                entry = self._checked[key]
+                if entry is not None:
+                    found[model.name] = entry
+        return found
+
+    def _adapter_of_base(self, registry: RegistryClient, name: str) -> AdapterEntry | None:
+        """`name`'s newest version as an adapter of this base, or None; only lineage counts here."""
+        try:
+            version = registry.resolve(name)
+            if version.format != ADAPTER_FORMAT or not version.parents:
+                return None
+            self._check_base(registry, name, version)
+        except (NotFound, InvalidArgument):
+            return None
+        return _entry(name, version)
+
     def _static_entry(self, name: str) -> AdapterEntry:
         known = self._known.get(name)
         if known is not None:
@@ -200,8 +266,7 @@ class AdapterCatalogue:
                     f"it cannot be served as an adapter of deployment {self.deployment!r}"
                 )
             self._check_base(registry, name, version)
-        base = ", ".join(str(p) for p in version.parents)
-        return AdapterEntry(name, AdapterRef(version.ref, version.ref), base)
+        return _entry(name, version)
 
     def _check_base(self, registry: RegistryClient, name: str, version: Version) -> None:
         base = self.base
@@ -226,6 +291,11 @@ class AdapterCatalogue:
             f"{name!r} is neither a LoRA module of deployment {self.deployment!r} nor a registry "
             f"adapter (format {ADAPTER_FORMAT!r})"
         )
+
+
+def _entry(name: str, version: Version) -> AdapterEntry:
+    base = ", ".join(str(p) for p in version.parents)
+    return AdapterEntry(name, AdapterRef(version.ref, version.ref), base)
 
 
 def _declared_base(directory: Path) -> str:

@@ -35,7 +35,7 @@ from cairn.common.errors import (
     Unavailable,
 )
 from cairn.services.scheduler import placement
-from cairn.services.scheduler.adapters import AdapterCatalogue
+from cairn.services.scheduler.adapters import SCAN_INTERVAL_S, AdapterCatalogue
 from cairn.services.scheduler.engine import Engine, Sink
 from cairn.services.scheduler.launcher import Launcher
 from cairn.services.scheduler.metrics import DeploymentMetrics
@@ -128,6 +128,7 @@ class WorkerPool:
         max_moves: int = 3,
         node_scaler: NodeScaler | None = None,
         lora_modules: Mapping[str, str] | None = None,
+        lora_scan_interval_s: float = SCAN_INTERVAL_S,
     ) -> None:
         self.launcher = launcher
         self.options = options
@@ -142,7 +143,13 @@ class WorkerPool:
         self.max_moves = max_moves
         self.node_scaler = node_scaler
         self.metrics = DeploymentMetrics(deployment)
-        self.adapters = AdapterCatalogue(deployment, model, lora_modules or {}, enabled=options.max_loras > 0)
+        self.adapters = AdapterCatalogue(
+            deployment,
+            model,
+            lora_modules or {},
+            enabled=options.max_loras > 0,
+            scan_interval_s=lora_scan_interval_s,
+        )
         self.replicas: list[Replica] = []
         self.target = 0
         self._info: DeploymentInfo | None = None
@@ -179,6 +186,7 @@ class WorkerPool:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        await self.adapters.close()
         for stream in list(self._streams.values()):
             stream.fail(Unavailable(f"deployment {self.deployment} is shutting down"))
         await asyncio.gather(*(self._retire(r) for r in self.replicas), return_exceptions=True)

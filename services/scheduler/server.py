@@ -112,6 +112,7 @@ def build_pool(config: SchedulerServiceConfig, scaler: NodeScaler | None = None)
         drain_timeout_s=config.drain_timeout_s,
         node_scaler=scaler,
         lora_modules=config.lora_modules,
+        lora_scan_interval_s=config.lora_scan_interval_s,
     )
 
 

@@ -141,6 +141,10 @@ class SchedulerServiceConfig(EngineOptions, ServiceConfig):
         "served model is also servable by its registry name (needs max_loras > 0)",
     )
 
+    lora_scan_interval_s: float = Field(
+        30.0, gt=0, description="seconds between scans of the registry for adapters of the served model"
+    )
+
     @field_validator("lora_modules", mode="before")
     @classmethod
     def _name_ref_pairs(cls, value: object) -> dict[str, str]:

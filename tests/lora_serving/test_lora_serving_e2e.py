@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import gc
 import json
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -171,12 +172,20 @@ def _scheduler(
         max_loras=2,
         max_lora_rank=16,
         lora_modules=lora_modules,
+        lora_scan_interval_s=0.2,
         port=0,
         metrics_port=0,
         log_level="WARNING",
     )
     launcher = RecordingLauncher()
-    pool = WorkerPool(launcher, config, config.model, deployment, lora_modules=config.lora_modules)
+    pool = WorkerPool(
+        launcher,
+        config,
+        config.model,
+        deployment,
+        lora_modules=config.lora_modules,
+        lora_scan_interval_s=config.lora_scan_interval_s,
+    )
 
     async def start() -> Any:
         await pool.start(1)
@@ -245,6 +254,7 @@ def router(
         tokenizer_address=tokenizer.address,
         deployments={"tiny": [f"127.0.0.1:{running.port}"], "narrow": [f"127.0.0.1:{narrow.port}"]},
         tokenizers={"tiny": "tiny@production", "narrow": narrow_ref},
+        refresh_interval_s=0.2,
     )
 
     async def start() -> tuple[RouterRuntime, Any]:
@@ -325,6 +335,17 @@ def test_models_list_adapters_with_their_base(
     served = {m.id: m for m in listed.models}
     assert (served["memo-lora"].base_model, served["memo-lora"].source) == ("tiny", adapter_ref)
     assert served["tiny"].base_model == ""
+
+
+def test_registry_adapters_are_listed_before_anyone_requests_them(
+    client: openai.OpenAI, registry: RegistryClient, base_ref: str, local_adapter: Path
+) -> None:
+    version = registry.push_dir(local_adapter, "listed-lora", format="peft-adapter", parents=[base_ref])
+    deadline = time.monotonic() + 30
+    while "listed-lora" not in (listed := {m.id: m for m in client.models.list()}):
+        assert time.monotonic() < deadline, sorted(listed)
+        time.sleep(0.1)
+    assert (listed["listed-lora"].parent, listed["listed-lora"].root) == ("tiny", version.ref)
 
 
 def test_an_adapter_published_after_start_up_is_served_without_a_restart(
