@@ -34,11 +34,11 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from cairn.common.errors import InvalidArgument, NotFound
+from cairn.common.errors import FailedPrecondition, InvalidArgument, NotFound
 from cairn.services.registry.client import MARKER, RegistryClient
 from cairn.services.registry.records import Version, VersionKey
 from cairn.services.registry.refs import parse_ref
@@ -75,9 +75,6 @@ class AdapterEntry:
     base_model: str
 
 
-RegistryFactory = Callable[[], RegistryClient]
-
-
 def parse_lora_modules(value: object) -> dict[str, str]:
     """`name=ref` pairs (vLLM's --lora-modules) as a mapping; accepts a mapping, a list of
     "name=ref" strings, or one string of them separated by commas or spaces."""
@@ -109,7 +106,6 @@ class AdapterCatalogue:
         deployment: str,
         model: str,
         lora_modules: Mapping[str, str],
-        registry: RegistryFactory = lambda: RegistryClient(timeout=REGISTRY_TIMEOUT_S),
         *,
         enabled: bool = True,
         scan_interval_s: float = SCAN_INTERVAL_S,
@@ -120,7 +116,8 @@ class AdapterCatalogue:
         self.static = dict(lora_modules)
         self.enabled = enabled
         self.base: BaseModel | None = None
-        self._registry = registry
+        # Opened by start(): a deployment without adapters never needs the registry.
+        self._client: RegistryClient | None = None
         # Names resolved so far (listed from then on), with when they must be resolved again.
         self._known: dict[str, tuple[AdapterEntry, float]] = {}
         self._lock = asyncio.Lock()
@@ -133,6 +130,7 @@ class AdapterCatalogue:
 
     async def start(self) -> None:
         """Finds the base model's registry version (lineage checks need it)."""
+        self._client = RegistryClient(timeout=REGISTRY_TIMEOUT_S)
         self.base = await asyncio.to_thread(self._find_base)
         self._start_scan()
         if self.static:
@@ -142,6 +140,8 @@ class AdapterCatalogue:
         if self._scan is not None:
             self._scan.cancel()
             await asyncio.gather(self._scan, return_exceptions=True)
+        if self._client is not None:
+            self._client.close()
 
     def listed(self) -> list[AdapterEntry]:
         """Static modules first, then the registry adapters the last scan found or requests
@@ -205,22 +205,28 @@ class AdapterCatalogue:
                 return BaseModel(VersionKey(marker["model"], int(marker["number"])), marker["digest"])
             except (OSError, ValueError, KeyError, TypeError):
                 return None
-        with self._registry() as registry:
-            version = registry.resolve(self.model)
+        version = self._registry().resolve(self.model)
         return BaseModel(version.key, version.digest)
 
+    def _registry(self) -> RegistryClient:
+        if self._client is None:
+            raise FailedPrecondition(
+                f"the adapter catalogue of deployment {self.deployment!r} is not started"
+            )
+        return self._client
+
     def _scan_registry(self) -> dict[str, AdapterEntry]:
+        registry = self._registry()
         found = {}
-        with self._registry() as registry:
-            for model in registry.list_models():
-                if not model.latest_version:
-                    continue
-                key = (model.name, model.latest_version)
-                if key not in self._checked:
-                    self._checked[key] = self._adapter_of_base(registry, model.name)
-                entry = self._checked[key]
-                if entry is not None:
-                    found[model.name] = entry
+        for model in registry.list_models():
+            if not model.latest_version:
+                continue
+            key = (model.name, model.latest_version)
+            if key not in self._checked:
+                self._checked[key] = self._adapter_of_base(registry, model.name)
+            entry = self._checked[key]
+            if entry is not None:
+                found[model.name] = entry
         return found
 
     def _adapter_of_base(self, registry: RegistryClient, name: str) -> AdapterEntry | None:
@@ -250,22 +256,22 @@ class AdapterCatalogue:
             parse_ref(ref or name)
         except InvalidArgument:
             raise NotFound(self._unknown(name)) from None
-        with self._registry() as registry:
-            try:
-                version = registry.resolve(ref or name)
-            except NotFound:
-                if ref is not None:
-                    raise NotFound(
-                        f"LoRA module {name!r} of deployment {self.deployment!r} names {ref!r}, "
-                        "which the registry does not have"
-                    ) from None
-                raise NotFound(self._unknown(name)) from None
-            if version.format != ADAPTER_FORMAT:
-                raise InvalidArgument(
-                    f"{version.ref} is a {version.format!r}, not a LoRA adapter ({ADAPTER_FORMAT!r}); "
-                    f"it cannot be served as an adapter of deployment {self.deployment!r}"
-                )
-            self._check_base(registry, name, version)
+        registry = self._registry()
+        try:
+            version = registry.resolve(ref or name)
+        except NotFound:
+            if ref is not None:
+                raise NotFound(
+                    f"LoRA module {name!r} of deployment {self.deployment!r} names {ref!r}, "
+                    "which the registry does not have"
+                ) from None
+            raise NotFound(self._unknown(name)) from None
+        if version.format != ADAPTER_FORMAT:
+            raise InvalidArgument(
+                f"{version.ref} is a {version.format!r}, not a LoRA adapter ({ADAPTER_FORMAT!r}); "
+                f"it cannot be served as an adapter of deployment {self.deployment!r}"
+            )
+        self._check_base(registry, name, version)
         return _entry(name, version)
 
     def _check_base(self, registry: RegistryClient, name: str, version: Version) -> None:
