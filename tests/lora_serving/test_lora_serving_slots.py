@@ -13,6 +13,7 @@ from typing import Any
 
 import grpc
 import pytest
+import torch
 from lora_serving_harness import LoopThread, RecordingLauncher, hf_greedy, make_peft_adapter
 from prometheus_client import REGISTRY
 from pydantic import ValidationError
@@ -212,3 +213,24 @@ def test_lora_modules_are_name_ref_pairs() -> None:
         SchedulerServiceConfig(lora_modules=["support"])
     with pytest.raises(ValidationError, match="given twice"):
         SchedulerServiceConfig(lora_modules=["a=x", "a=y"])
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_mixed_adapter_batches_on_cuda_with_graphs(
+    loop: LoopThread, tiny_model_dir: Path, adapters: dict[str, Path]
+) -> None:
+    """The same mixed traffic on a CUDA worker whose decode steps replay CUDA graphs (the adapter
+    mapping lives in the graphs' input buffers): the PEFT-merged HF model's greedy tokens."""
+    launcher = RecordingLauncher()
+    jobs = [(prompt, adapter) for prompt in PROMPTS for adapter in ("a", "b", "")] * 2
+    with (
+        scheduler(loop, tiny_model_dir, adapters, launcher, device="cuda", max_loras=2) as (stub, _),
+        ThreadPoolExecutor(len(jobs)) as threads,
+    ):
+        outputs = list(threads.map(lambda job: _generate(stub, job[0], job[1], 16), jobs))
+    for (prompt, adapter), tokens in zip(jobs, outputs, strict=True):
+        assert tokens == hf_greedy(tiny_model_dir, adapters.get(adapter), prompt, 16), adapter
+    [worker] = launcher.workers
+    assert any({"", "a", "b"} <= step for step in worker.steps)
+    assert worker.events == [("load", "a"), ("load", "b")] or worker.events == [("load", "b"), ("load", "a")]
