@@ -4,7 +4,8 @@ Each input line is one JSON object with exactly one of
     "prompt": "text"                     (tokenized with the model's tokenizer)
     "prompt_token_ids": [1, 2, 3]
     "messages": [{"role": "user", "content": "..."}]   (the model's chat template)
-plus optionally "id" (echoed back), "n", and any SamplingParams field
+plus optionally "id" (echoed back), "n", "adapter" (a LoRA adapter: PEFT
+directory or registry reference; needs --max-loras), and any SamplingParams field
 ("max_tokens", "temperature", "top_p", "seed", "stop_token_ids", ...), which
 override the command's defaults for that line. Blank lines are skipped.
 
@@ -31,7 +32,7 @@ from cairn.services.worker.sampling_params import SamplingParams
 
 SAMPLING_FIELDS = frozenset(f.name for f in dataclasses.fields(SamplingParams))
 _PROMPT_FIELDS = ("prompt", "prompt_token_ids", "messages")
-_OTHER_FIELDS = frozenset({"id", "n", *_PROMPT_FIELDS})
+_OTHER_FIELDS = frozenset({"id", "n", "adapter", *_PROMPT_FIELDS})
 
 
 @dataclass
@@ -75,6 +76,9 @@ def parse_line(text: str, defaults: Mapping[str, Any]) -> tuple[Any, BatchReques
     n = data.get("n", 1)
     if type(n) is not int or n < 1:
         raise InvalidArgument('"n" must be an integer >= 1')
+    adapter = data.get("adapter", "")
+    if not isinstance(adapter, str):
+        raise InvalidArgument('"adapter" must be a string: a PEFT directory or a registry reference')
     fields = {**defaults, **{k: v for k, v in data.items() if k in SAMPLING_FIELDS}}
     try:
         # JSON has no tuples and only string keys.
@@ -85,7 +89,7 @@ def parse_line(text: str, defaults: Mapping[str, Any]) -> tuple[Any, BatchReques
         sampling = SamplingParams(**fields)
     except (TypeError, ValueError, AttributeError) as err:
         raise InvalidArgument(f"bad sampling field: {err}") from None
-    return data.get("id"), BatchRequest(prompt, sampling, n)
+    return data.get("id"), BatchRequest(prompt, sampling, n, adapter)
 
 
 def result_record(line: int, request_id: Any, result: GenerationResult) -> dict[str, Any]:

@@ -19,10 +19,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cairn.common.errors import CairnError, InvalidArgument
-from cairn.services.scheduler.engine import Engine
+from cairn.services.scheduler.engine import Engine, Sink
 from cairn.services.scheduler.metrics import EngineMetrics
 from cairn.services.scheduler.output import RequestOutput
-from cairn.services.scheduler.sequence import FinishReason, Request
+from cairn.services.scheduler.sequence import AdapterRef, FinishReason, Request
 from cairn.services.scheduler.service_config import EngineOptions
 from cairn.services.scheduler.worker_client import LocalWorkerClient
 from cairn.services.worker.sampling_params import SamplingParams
@@ -53,6 +53,8 @@ class BatchRequest:
     prompt: PromptLike
     sampling: SamplingParams = field(default_factory=SamplingParams)
     n: int = 1
+    # A LoRA adapter to run with: a PEFT directory or a registry reference ("" is the base model).
+    adapter: str = ""
 
 
 @dataclass
@@ -97,6 +99,12 @@ class _Collector:
         self.prompt_logprobs: list[SampledToken] = []
         self.first_token_time: float | None = None
         self.finish_time = 0.0
+        self.error: CairnError | None = None
+
+    def fail(self, error: CairnError) -> None:
+        """The request could not run after all (its adapter did not load)."""
+        self.error = error
+        self.done.put_nowait(self.index)
 
     def __call__(self, output: RequestOutput) -> None:
         if output.prompt_logprobs or output.num_cached_tokens:
@@ -141,7 +149,9 @@ class LLM:
             self.info = self._loop.run_until_complete(
                 self._worker.load(self.options.engine_config(model, load_format))
             )
-            self.engine = Engine.for_worker(self._worker, self.info, self.options, EngineMetrics("offline"))
+            self.engine = Engine.for_worker(
+                self._worker, self.info, self.options, EngineMetrics("offline"), on_reject=_reject
+            )
             self._loop.run_until_complete(self._start())
         except BaseException:
             self.close()
@@ -183,14 +193,23 @@ class LLM:
         sampling_params: SamplingParams | Sequence[SamplingParams] | None = None,
         *,
         n: int = 1,
+        adapter: str | Sequence[str] = "",
         progress: bool = False,
     ) -> list[GenerationResult]:
-        """Results in prompt order. Raises the first prompt's error, naming its index."""
+        """Results in prompt order. Raises the first prompt's error, naming its index.
+
+        `adapter`: the LoRA adapter (PEFT directory or registry reference) of every prompt, or
+        one per prompt; "" is the base model. Needs `max_loras` > 0."""
         if sampling_params is None or isinstance(sampling_params, SamplingParams):
             sampling_params = [sampling_params or SamplingParams()] * len(prompts)
         if len(sampling_params) != len(prompts):
             raise InvalidArgument(f"{len(prompts)} prompts but {len(sampling_params)} sampling params")
-        requests = [BatchRequest(p, s, n) for p, s in zip(prompts, sampling_params, strict=True)]
+        adapters = [adapter] * len(prompts) if isinstance(adapter, str) else list(adapter)
+        if len(adapters) != len(prompts):
+            raise InvalidArgument(f"{len(prompts)} prompts but {len(adapters)} adapters")
+        requests = [
+            BatchRequest(p, s, n, a) for p, s, a in zip(prompts, sampling_params, adapters, strict=True)
+        ]
         results: list[GenerationResult | None] = [None] * len(requests)
         for index, result in self.results(requests, progress=progress):
             if isinstance(result, CairnError):
@@ -209,7 +228,15 @@ class LLM:
         failures: list[tuple[int, CairnError]] = []
         for index, item in enumerate(requests):
             try:
-                request = Request(f"b{batch}-{index}", self._token_ids(item.prompt), item.sampling, n=item.n)
+                request = Request(
+                    f"b{batch}-{index}",
+                    self._token_ids(item.prompt),
+                    item.sampling,
+                    n=item.n,
+                    # Adapters get a prefix-cache namespace of their own, as in the service.
+                    cache_key=item.adapter or None,
+                    adapter=AdapterRef(item.adapter, item.adapter) if item.adapter else None,
+                )
                 collector = _Collector(index, request, done)
                 self.engine.add(request, collector)
             except CairnError as err:
@@ -227,7 +254,8 @@ class LLM:
                 index = self._loop.run_until_complete(done.get())
                 pending.discard(index)
                 _advance(bar)
-                yield index, collectors[index].result(decode)
+                collector = collectors[index]
+                yield index, collector.error or collector.result(decode)
         finally:
             if bar is not None:
                 bar.close()
@@ -265,6 +293,11 @@ class LLM:
             except CairnError:
                 self._decode = lambda tokens: None
         return self._decode
+
+
+def _reject(sink: Sink, error: CairnError) -> None:
+    if isinstance(sink, _Collector):
+        sink.fail(error)
 
 
 def _progress_bar(total: int) -> Any:
