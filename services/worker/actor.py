@@ -76,8 +76,8 @@ class GroupServicer(WorkerServicer):
 def _join(
     rank: int, size: int, init_method: str, device: str, visible: str | None, index: int
 ) -> TensorParallel:
-    """Joins the group as `rank`; on CUDA every rank sees all the group's GPUs (`visible`), so
-    NCCL can reach its peers directly, and takes GPU `index` among them."""
+    """Joins the group as `rank`; on CUDA every rank sees all the group's GPUs (`visible`, in
+    rank order), so NCCL can reach its peers directly, and takes GPU `index` among them."""
     if visible is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = visible
     return init_tensor_parallel(
@@ -168,10 +168,14 @@ class FollowerActor:
 
     async def join(self, size: int, init_method: str, device: str, visible: str | None, index: int) -> None:
         tp = await asyncio.to_thread(_join, self.rank, size, init_method, device, visible, index)
-        threading.Thread(target=self._follow, args=(tp, index), name="cairn-tp-follower", daemon=True).start()
+        args = (tp, device, index)
+        threading.Thread(target=self._follow, args=args, name="cairn-tp-follower", daemon=True).start()
 
-    def _follow(self, tp: TensorParallel, index: int) -> None:
+    def _follow(self, tp: TensorParallel, device: str, index: int) -> None:
         try:
+            # The current device is per thread: graph captures and syncs must find this rank's.
+            if device != "cpu":
+                torch.get_device_module(device).set_device(index)
             follow(tp, index)
         except BaseException as err:
             self.failure = f"{type(err).__name__}: {err}"
@@ -235,10 +239,9 @@ def spawn_group(worker_id: str, device: str, host: str, size: int) -> WorkerHand
         ranks = [handle.actor, *handle.followers]
         visible, indices = None, [0] * size
         if device == "cuda":
-            ids = ray.get([rank.accelerator_ids.remote() for rank in ranks])
-            union = sorted({i for own in ids for i in own}, key=int)
-            visible = ",".join(union)
-            indices = [union.index(own[0]) for own in ids]
+            # Rank r takes the r-th visible GPU: rank 0 then runs on each thread's default device.
+            visible = ",".join(own[0] for own in ray.get([rank.accelerator_ids.remote() for rank in ranks]))
+            indices = list(range(size))
         init_method = ray.get(handle.actor.rendezvous.remote())
         ray.get(
             [
