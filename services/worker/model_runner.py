@@ -141,8 +141,8 @@ class ModelRunner:
 
         On an accelerator a full-size dummy step measures the peak activation
         memory, and `gpu_memory_utilization` of the device minus that peak
-        goes to blocks. On the CPU the size is `cpu_kv_cache_gb`. The ranks of a
-        tensor-parallel group take the smallest of their counts.
+        goes to blocks (the smallest budget of a tensor-parallel group's ranks, so
+        all have the same count). On the CPU the size is `cpu_kv_cache_gb`.
         """
         if self.model is None:
             raise FailedPrecondition("load() the model before allocating the KV cache")
@@ -155,7 +155,6 @@ class ModelRunner:
             )
         else:
             num_blocks = self._profile_num_blocks()
-        num_blocks = self.tp.min(num_blocks)
         self._allocate(num_blocks)
         if self.device.type == "cuda" and not config.enforce_eager:
             self.capture_graphs()
@@ -232,8 +231,10 @@ class ModelRunner:
         )
         self.kv_cache = None
         module.empty_cache()
-        budget = accelerator_kv_budget(
-            self.device, config.gpu_memory_utilization, self.weight_bytes + self.peak_activation_bytes
+        budget = self.tp.min(
+            accelerator_kv_budget(
+                self.device, config.gpu_memory_utilization, self.weight_bytes + self.peak_activation_bytes
+            )
         )
         log.info(
             "profiled %d tokens in %d sequences: %.2f GiB peak activations, %.2f GiB left for KV blocks",
