@@ -153,8 +153,11 @@ def workload_throughput(
         release_memory()
 
 
-def hf_device_map_generate(shape: dict, gpus: int, args: argparse.Namespace, timer: Timer) -> dict:
-    """HF `generate` batch-1 tokens/s, random weights placed layer by layer over `gpus` devices
+def hf_device_map_generate(
+    shape: dict, gpus: int, args: argparse.Namespace, timer: Timer, prompts: list[list[int]], output_len: int
+) -> dict:
+    """HF `generate` batch-1 tokens/s, and `generate_batch` (continuous batching) on the first
+    `--hf-requests` workload prompts, random weights placed layer by layer over `gpus` devices
     as `from_pretrained(device_map="auto")` would (accelerate's balanced map and hooks)."""
     from accelerate import dispatch_model, infer_auto_device_map, init_empty_weights
     from accelerate.utils import set_module_tensor_to_device
@@ -184,9 +187,8 @@ def hf_device_map_generate(shape: dict, gpus: int, args: argparse.Namespace, tim
         placed[str(device)] = placed.get(str(device), 0) + value.nbytes
     model = dispatch_model(model, device_map)
     first = next(iter(placed))
-    prompt = torch.arange(1, args.prompt_len + 1, device="cpu" if args.device == "cpu" else f"cuda:{first}")[
-        None
-    ]
+    device = "cpu" if args.device == "cpu" else f"cuda:{first}"
+    prompt = torch.arange(1, args.prompt_len + 1, device=device)[None]
     tokens = args.hf_tokens
 
     def generate() -> None:
@@ -199,10 +201,35 @@ def hf_device_map_generate(shape: dict, gpus: int, args: argparse.Namespace, tim
             pad_token_id=0,
         )
 
-    return {
+    result = {
         "devices": sorted(placed),
         "bytes_per_device": placed,
         "batch1_tokens_per_s": tokens / timer.median_ms(generate, repeats=args.hf_repeats) * 1e3,
+    }
+    if args.hf_requests:
+        try:
+            result["workload"] = hf_workload(model, prompts[: args.hf_requests], output_len)
+        except Exception as error:
+            result["workload"] = _failure(error)
+    return result
+
+
+def hf_workload(model: torch.nn.Module, prompts: list[list[int]], output_len: int) -> dict:
+    """transformers' continuous batching on `prompts`, greedy, `output_len` tokens each."""
+    from transformers import GenerationConfig
+
+    generation = GenerationConfig(
+        max_new_tokens=output_len, do_sample=False, eos_token_id=-1, pad_token_id=0, use_cache=True
+    )
+    start = time.perf_counter()
+    outputs = model.generate_batch(inputs=prompts, generation_config=generation)
+    wall = time.perf_counter() - start
+    generated = sum(len(o.generated_tokens) for o in outputs.values())
+    return {
+        "requests": len(prompts),
+        "wall_s": wall,
+        "generated_tokens": generated,
+        "output_tokens_per_s": generated / wall,
     }
 
 
@@ -251,7 +278,9 @@ def bench_model(
         else:
             with phase("hf_device_map"):
                 try:
-                    result["hf_device_map"] = hf_device_map_generate(shape, hf_gpus, args, timer)
+                    result["hf_device_map"] = hf_device_map_generate(
+                        shape, hf_gpus, args, timer, prompts, output_len
+                    )
                 except Exception as error:
                     result["hf_device_map"] = _failure(error)
                 release_memory()
@@ -272,6 +301,12 @@ def print_table(results: dict) -> None:
         if "batch1_tokens_per_s" in hf:
             devices = ", ".join(hf["devices"])
             print(f"HF generate, device_map over {devices}: {hf['batch1_tokens_per_s']:8.1f} tok/s batch 1")
+            w = hf.get("workload", {})
+            if "output_tokens_per_s" in w:
+                rate = w["output_tokens_per_s"]
+                print(f"HF generate_batch, {w['requests']} workload requests: {rate:8.0f} output tok/s")
+            elif w:
+                print(f"HF generate_batch: {w['error']}")
         elif hf:
             print(f"HF generate: {hf.get('skipped') or hf.get('error')}")
         for tp, entry in r["tp"].items():
@@ -322,15 +357,21 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--enforce-eager", action="store_true")
     parser.add_argument("--hf-tokens", type=int, default=64)
     parser.add_argument("--hf-repeats", type=int, default=2)
+    parser.add_argument(
+        "--hf-requests", type=int, default=32, help="workload prompts HF generate_batch runs (0: none)"
+    )
     parser.add_argument("--skip-hf", action="store_true")
     parser.add_argument("--commit", help="commit to record when the tree is a copy without .git")
     args = parser.parse_args(argv)
     if args.quick:
         args.repeats, args.gen_len, args.requests, args.hf_tokens, args.hf_repeats = 1, 128, 256, 32, 1
+        args.hf_requests = min(args.hf_requests, 16)
     if args.tiny:
         args.models, args.tp, args.device, args.dtype = "tiny", args.tp or "1,2,4", "cpu", "float32"
         args.prompt_len, args.gen_len, args.multi_step, args.repeats = 16, 12, 4, 1
         args.requests, args.output_len, args.max_num_seqs, args.workload_vocab = 8, 8, 8, 512
+        # transformers' continuous batching idles for seconds on the CPU: GPU runs only.
+        args.hf_requests = 0
         args.max_num_batched_tokens, args.max_model_len, args.hf_tokens, args.bandwidth_gib = (
             512,
             2304,
