@@ -18,9 +18,11 @@ and Llama-3.1-70B shapes in bf16. For each model and each tensor-parallel size:
   (b) the reference workload (/work/shared/bench/workload.py: 512 requests, log-normal
       prompts of mean ~348 tokens, 256 output tokens each, EOS ignored, greedy) through
       `LLM.generate`: output tokens/s, TTFT, time per output token;
-  (c) once per model: HF `generate` batch-1 tokens/s with the model spread over the
-      largest size's GPUs the way `from_pretrained(device_map="auto")` places it (it runs
-      the layers one GPU after the other), when its weights fit there.
+  (c) once per model, with the model spread over the largest size's GPUs the way
+      `from_pretrained(device_map="auto")` places it (it runs the layers one GPU after
+      the other), when its weights fit there: HF `generate` batch-1 tokens/s, and HF
+      `generate_batch` (continuous batching) output tokens/s on the first `--hf-requests`
+      workload prompts (32; the whole workload would not fit a 10-minute slot).
 
 A size whose weights do not fit its GPUs (70B on one) or that needs more GPUs than the
 host has is recorded as skipped. `--quick` (fewer requests and tokens) keeps a 4-GPU run
