@@ -91,6 +91,8 @@ class GroupRunner:
         """Stops the other ranks and leaves the group."""
         if self.broken is None:
             self._broadcast(_STOP)
+        # Captured graphs hold the communicators' collectives: they go before the group does.
+        self.runner.graphs = None
         close_tensor_parallel(self.tp)
         self.broken = "closed"
         if self._on_close is not None:
