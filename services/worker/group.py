@@ -39,6 +39,7 @@ from cairn.services.worker.distributed import (
 )
 from cairn.services.worker.engine_config import EngineConfig
 from cairn.services.worker.model_runner import ModelRunner
+from cairn.services.worker.step import StepInput, StepOutput
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +82,7 @@ class GroupRunner:
     def capture_graphs(self) -> None:
         self._on_all_ranks("capture_graphs")
 
-    def step(self, step: Any) -> Any:
+    def step(self, step: StepInput) -> StepOutput:
         return self._on_all_ranks("step", step)
 
     def free(self, seq_ids: list[int]) -> int:
