@@ -85,7 +85,16 @@ def _join(
     )
 
 
-class WorkerActor:
+class _Rank:
+    """What every rank's actor answers while its group forms."""
+
+    def accelerator_ids(self) -> list[str]:
+        import ray
+
+        return [str(i) for i in ray.get_gpu_ids()]
+
+
+class WorkerActor(_Rank):
     """Ray actor body of a worker, or of rank 0 of a group. Created through `spawn_worker` or
     `spawn_group`, which apply `ray.remote`."""
 
@@ -117,11 +126,6 @@ class WorkerActor:
     async def ping(self) -> str:
         return self.worker_id
 
-    def accelerator_ids(self) -> list[str]:
-        import ray
-
-        return [str(i) for i in ray.get_gpu_ids()]
-
     def rendezvous(self) -> str:
         """Where the group's ranks meet: a free port on rank 0's node."""
         import ray
@@ -152,7 +156,7 @@ class WorkerActor:
                 return
 
 
-class FollowerActor:
+class FollowerActor(_Rank):
     """Ray actor body of ranks 1.. of a group: the follower loop runs on a thread, so the actor
     still answers rank 0's pings (and fails them once the loop has failed)."""
 
@@ -160,11 +164,6 @@ class FollowerActor:
         self.worker_id = worker_id
         self.rank = rank
         self.failure: str | None = None
-
-    def accelerator_ids(self) -> list[str]:
-        import ray
-
-        return [str(i) for i in ray.get_gpu_ids()]
 
     async def join(self, size: int, init_method: str, device: str, visible: str | None, index: int) -> None:
         tp = await asyncio.to_thread(_join, self.rank, size, init_method, device, visible, index)
