@@ -237,7 +237,8 @@ class LlamaForCausalLM(nn.Module):
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
         """Copies HF-named tensors into place (casting to the parameter's dtype and
-        device), one at a time so at most one checkpoint tensor is in flight.
+        device), one at a time so at most one checkpoint tensor is in flight. In a
+        tensor-parallel group each tensor is this rank's part (`checkpoint_part`).
 
         Raises InvalidArgument on an unknown name, a shape mismatch or a
         parameter the checkpoint never provides.
