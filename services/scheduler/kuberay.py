@@ -3,8 +3,9 @@
 In Kubernetes the Helm chart gives each model deployment its own RayCluster and sets
 CAIRN_SCHEDULER_RAYCLUSTER_NAME and _WORKER_GROUP; the worker pool then uses `RayClusterScaler` as its
 NodeScaler (services/scheduler/pool.py): before it grows and after it shrinks, the group is resized to
-the pods its workers need (one worker per accelerator of a pod, so workers / accelerators per pod,
-rounded up), and KubeRay creates or deletes the pods.
+the pods its workers need (one worker per `accelerators_per_worker` accelerators of a pod — the
+tensor-parallel size, 1 without it — so workers / workers per pod, rounded up), and KubeRay creates or
+deletes the pods. A tensor-parallel group is packed on one node, so a pod must hold a whole group.
 
 The worker group is the one place the count lives: `helm upgrade --set models[i].workers.replicas=N`,
 `kubectl patch`, the Ray autoscaler and ScaleWorkers all write the same field. A scheduler that starts
@@ -35,6 +36,7 @@ from typing import Any
 from cairn.common.errors import (
     CairnError,
     DeadlineExceeded,
+    FailedPrecondition,
     InvalidArgument,
     NotFound,
     PermissionDenied,
@@ -63,7 +65,7 @@ class WorkerGroupState:
     replicas: int
     min_replicas: int
     max_replicas: int
-    # Workers one pod hosts: its accelerators (1 on CPU pods).
+    # Workers one pod hosts: its accelerators over the accelerators one worker uses (1 on CPU pods).
     workers_per_pod: int
     # Worker pods Running, Ready and not being deleted.
     ready: int
@@ -89,10 +91,15 @@ class RayClusterScaler:
         poll_interval_s: float = 2.0,
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.monotonic,
+        accelerators_per_worker: int = 1,
     ) -> None:
-        """`namespace`: default the pod's own (in a cluster), else "default"."""
+        """`namespace`: default the pod's own (in a cluster), else "default". `accelerators_per_worker`:
+        the devices one worker replica spans (its tensor-parallel size)."""
+        if accelerators_per_worker < 1:
+            raise InvalidArgument(f"accelerators_per_worker must be >= 1, got {accelerators_per_worker}")
         self.cluster = cluster
         self.group = group
+        self.accelerators_per_worker = accelerators_per_worker
         self.namespace = namespace or _own_namespace()
         self.poll_interval_s = poll_interval_s
         self._custom = custom_api
@@ -137,7 +144,7 @@ class RayClusterScaler:
             replicas=int(spec.get("replicas", 0)),
             min_replicas=int(spec.get("minReplicas", DEFAULT_MIN_REPLICAS)),
             max_replicas=int(spec.get("maxReplicas", DEFAULT_MAX_REPLICAS)),
-            workers_per_pod=_workers_per_pod(spec),
+            workers_per_pod=self._workers_per_pod(spec),
             ready=self._ready_pods(),
             autoscaling=bool(obj.get("spec", {}).get("enableInTreeAutoscaling", False)),
         )
@@ -145,7 +152,9 @@ class RayClusterScaler:
     def scale_workers(self, workers: int) -> WorkerGroupState:
         if workers < 0:
             raise InvalidArgument(f"workers must be >= 0, got {workers}")
-        return self._update(lambda spec: _set_replicas(spec, math.ceil(workers / _workers_per_pod(spec))))
+        return self._update(
+            lambda spec: _set_replicas(spec, math.ceil(workers / self._workers_per_pod(spec)))
+        )
 
     def scale_pods(self, replicas: int) -> WorkerGroupState:
         """Sets the group's replicas, widening min/max when they would hold it back (KubeRay clamps to them).
@@ -188,6 +197,24 @@ class RayClusterScaler:
             self._sleep(self.poll_interval_s)
 
     # ---- internals
+
+    def _workers_per_pod(self, spec: dict[str, Any]) -> int:
+        """Workers a pod of the group hosts: its accelerators (the device plugin's limit on the worker
+        container; one CPU worker without any) over those a worker spans. A pod with fewer than one
+        worker needs is refused: the group could never be placed."""
+        containers = spec.get("template", {}).get("spec", {}).get("containers") or [{}]
+        limits = containers[0].get("resources", {}).get("limits") or {}
+        count = next((int(limits[r]) for r in ACCELERATOR_RESOURCES if r in limits), 0)
+        per_worker = self.accelerators_per_worker
+        if count == 0:
+            return 1
+        if count < per_worker:
+            raise FailedPrecondition(
+                f"{self._where} gives each pod {count} accelerators, but a worker needs {per_worker} "
+                "(tensor_parallel_size) on one node: set models[i].workers.acceleratorsPerPod to a "
+                f"multiple of {per_worker}"
+            )
+        return count // per_worker
 
     @property
     def _where(self) -> str:
@@ -294,14 +321,6 @@ def _set_replicas(spec: dict[str, Any], replicas: int) -> None:
         spec["minReplicas"] = replicas
     if replicas > int(spec.get("maxReplicas", DEFAULT_MAX_REPLICAS)):
         spec["maxReplicas"] = replicas
-
-
-def _workers_per_pod(spec: dict[str, Any]) -> int:
-    """Accelerators of the group's worker container (the device plugin's limit), else one CPU worker."""
-    containers = spec.get("template", {}).get("spec", {}).get("containers") or [{}]
-    limits = containers[0].get("resources", {}).get("limits") or {}
-    count = next((int(limits[r]) for r in ACCELERATOR_RESOURCES if r in limits), 0)
-    return max(count, 1)
 
 
 def _is_ready(pod: Any) -> bool:

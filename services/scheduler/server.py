@@ -88,7 +88,10 @@ def node_scaler(config: SchedulerServiceConfig) -> RayClusterScaler | None:
     if not config.raycluster_name:
         return None
     return RayClusterScaler(
-        config.raycluster_name, config.raycluster_worker_group, config.raycluster_namespace or None
+        config.raycluster_name,
+        config.raycluster_worker_group,
+        config.raycluster_namespace or None,
+        accelerators_per_worker=config.tensor_parallel_size,
     )
 
 

@@ -75,6 +75,13 @@ XPU_WORKERS = {
                 "supplementalGroups": [110],
                 "nodeSelector": {"intel.feature.node.kubernetes.io/gpu": "true"},
             },
+            "scheduler": {
+                "config": {
+                    "tensor_parallel_size": 2,
+                    "max_loras": 4,
+                    "lora_modules": ["support=acme/support-lora@production"],
+                }
+            },
         }
     ],
     "trainer": {"jobs": {"accelerator": "intel-xpu"}},

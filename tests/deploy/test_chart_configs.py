@@ -106,6 +106,9 @@ def test_service_env_loads_into_the_services_own_config(variant: str, tmp_path: 
             check_registry(config, variant)
         if service == "tokenizer" and variant == "ingress-on":
             assert (config.preload, config.threads) == (["llama@production"], 4)
+        if service == "scheduler" and variant == "xpu-workers":
+            assert (config.tensor_parallel_size, config.max_loras) == (2, 4)
+            assert config.lora_modules == {"support": "acme/support-lora@production"}
 
 
 def check_registry(config: Any, variant: str) -> None:

@@ -11,7 +11,14 @@ import pytest
 from deploy_chart import render_variant
 from kube_fakes import FakeCore, FakeRayClusters, pod
 
-from cairn.common.errors import DeadlineExceeded, InvalidArgument, NotFound, PermissionDenied, Unavailable
+from cairn.common.errors import (
+    DeadlineExceeded,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    Unavailable,
+)
 from cairn.services.scheduler import kuberay
 from cairn.services.scheduler.kuberay import CONFLICT_RETRIES, RayClusterScaler
 
@@ -178,6 +185,33 @@ def test_workers_per_pod_follow_the_accelerator(variant: str, cluster: str, per_
     fake.add(render_variant(variant).get("RayCluster", cluster))
     state = RayClusterScaler(cluster, "workers", "llm", custom_api=fake, core_api=FakeCore()).state()
     assert (state.workers_per_pod, state.workers) == (per_pod, state.replicas * per_pod)
+
+
+@pytest.mark.parametrize(("tp", "per_pod", "pods"), [(2, 1, 5), (1, 2, 3)])
+def test_a_tensor_parallel_worker_takes_its_accelerators_of_a_pod(
+    clusters: FakeRayClusters, tp: int, per_pod: int, pods: int
+) -> None:
+    """llama-8b's pods have 2 GPUs: one TP=2 group fits a pod, so 5 workers need 5 pods (3 at TP=1)."""
+    state = scaler(clusters, accelerators_per_worker=tp).scale_workers(5)
+    assert (state.workers_per_pod, state.replicas) == (per_pod, pods)
+    assert group_of(stored(clusters))["replicas"] == pods
+
+
+def test_the_rendered_xpu_pods_host_two_tensor_parallel_pairs() -> None:
+    """The xpu-workers variant: 4 GPUs per pod and tensor_parallel_size 2 in its scheduler config."""
+    fake = FakeRayClusters()
+    fake.add(render_variant("xpu-workers").get("RayCluster", "cairn-llama-xpu"))
+    nodes = RayClusterScaler(
+        "cairn-llama-xpu", "workers", "llm", custom_api=fake, core_api=FakeCore(), accelerators_per_worker=2
+    )
+    assert nodes.state().workers_per_pod == 2
+
+
+def test_a_pod_too_small_for_one_tensor_parallel_group_is_refused(clusters: FakeRayClusters) -> None:
+    with pytest.raises(FailedPrecondition, match="each pod 2 accelerators, but a worker needs 4"):
+        scaler(clusters, accelerators_per_worker=4).state()
+    with pytest.raises(InvalidArgument, match="accelerators_per_worker must be >= 1"):
+        scaler(clusters, accelerators_per_worker=0)
 
 
 def test_an_unchanged_size_writes_nothing(clusters: FakeRayClusters) -> None:
