@@ -23,7 +23,6 @@ lora-mixed output tokens/s >= 80% of base.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import sys
 import tempfile
@@ -36,8 +35,7 @@ from engine_decode import SHAPES, git_commit, machine
 from safetensors.torch import save_file
 from throughput import latency_summary, load_workload, release_memory
 
-from cairn.services.scheduler.offline import LLM, GenerationResult, _Collector
-from cairn.services.scheduler.sequence import AdapterRef, Request
+from cairn.services.scheduler.offline import LLM
 from cairn.services.worker.engine_config import EngineConfig
 from cairn.services.worker.sampling_params import SamplingParams
 
@@ -102,46 +100,22 @@ def make_llm(model_dir: Path, args: argparse.Namespace, max_loras: int) -> LLM:
     )
 
 
-def generate(
-    llm: LLM, prompts: list[list[int]], params: SamplingParams, adapters: list[AdapterRef | None]
-) -> list[GenerationResult]:
-    """`LLM.generate` with a LoRA adapter per prompt (None: the base model), through the same
-    engine calls and result collectors; its loop runs the engine."""
-    loop = llm._loop
-    done: asyncio.Queue[int] = asyncio.Queue()
-    collectors = []
-    for index, (prompt, adapter) in enumerate(zip(prompts, adapters, strict=True)):
-        request = Request(
-            f"lora-{time.monotonic_ns()}-{index}",
-            prompt,
-            params,
-            adapter=adapter,
-            cache_key=None if adapter is None else adapter.name,
-        )
-        collectors.append(_Collector(index, request, done))
-        llm.engine.add(request, collectors[-1])
-    for _ in collectors:
-        loop.run_until_complete(done.get())
-    return [c.result(lambda tokens: None) for c in collectors]
-
-
-def run_variant(
-    llm: LLM, prompts: list[list[int]], output_len: int, adapters: list[AdapterRef | None]
-) -> dict:
+def run_variant(llm: LLM, prompts: list[list[int]], output_len: int, adapters: list[str]) -> dict:
+    """`adapters`: each prompt's adapter directory, "" for the base model."""
     # Warm-up: kernels, graphs, and every adapter loaded into its slot before the timed run.
     warm = list(dict.fromkeys(adapters))
     warm_params = SamplingParams(temperature=0.0, max_tokens=8, ignore_eos=True)
-    generate(llm, [prompts[0][:64]] * len(warm), warm_params, warm)
+    llm.generate([prompts[0][:64]] * len(warm), warm_params, adapter=warm)
     params = SamplingParams(temperature=0.0, max_tokens=output_len, ignore_eos=True)
     start = time.perf_counter()
-    results = generate(llm, prompts, params, adapters)
+    results = llm.generate(prompts, params, adapter=adapters)
     wall = time.perf_counter() - start
     generated = sum(len(r.outputs[0].token_ids) for r in results)
     if generated != len(prompts) * output_len:
         raise RuntimeError(f"generated {generated} tokens, expected {len(prompts) * output_len}")
     return {
         "requests": len(prompts),
-        "adapters": len({a.name for a in adapters if a is not None}),
+        "adapters": len({a for a in adapters if a}),
         "generated_tokens": generated,
         "wall_s": wall,
         "output_tokens_per_s": generated / wall,
@@ -166,8 +140,7 @@ def bench_model(name: str, args: argparse.Namespace, workload: ModuleType) -> di
         (root / "model").mkdir()
         (root / "model" / "config.json").write_text(json.dumps(shape))
         refs = [
-            AdapterRef(f"adapter-{i}", str(write_adapter(shape, root / f"adapter-{i}", seed=i, rank=RANK)))
-            for i in range(NUM_ADAPTERS)
+            str(write_adapter(shape, root / f"adapter-{i}", seed=i, rank=RANK)) for i in range(NUM_ADAPTERS)
         ]
         mixed = [refs[i % NUM_ADAPTERS] for i in range(len(prompts))]
         for variant in args.variants:
@@ -175,8 +148,8 @@ def bench_model(name: str, args: argparse.Namespace, workload: ModuleType) -> di
             try:
                 if variant == "lora-base":
                     # The adapters resident, as a serving replica's would be; no request uses them.
-                    generate(llm, [prompts[0][:16]] * NUM_ADAPTERS, SamplingParams(max_tokens=1), refs)
-                adapters = mixed if variant == "lora-mixed" else [None] * len(prompts)
+                    llm.generate([prompts[0][:16]] * NUM_ADAPTERS, SamplingParams(max_tokens=1), adapter=refs)
+                adapters = mixed if variant == "lora-mixed" else [""] * len(prompts)
                 result[variant] = run_variant(llm, prompts, output_len, adapters)
             finally:
                 llm.close()
