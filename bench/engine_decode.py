@@ -42,11 +42,8 @@ import argparse
 import contextlib
 import copy
 import json
-import os
-import platform
 import re
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -56,6 +53,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
+from provenance import provenance, write_results
 from torch.autograd import DeviceType
 
 from cairn import kernels
@@ -546,23 +544,6 @@ def release(device: torch.device) -> None:
         torch.cuda.empty_cache()
 
 
-def git_commit() -> str:
-    try:
-        return subprocess.run(
-            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown (not a git checkout; pass --commit)"
-
-
-def machine(device: torch.device) -> dict:
-    info = {"host": platform.node(), "cpu_count": os.cpu_count(), "device": str(device)}
-    if device.type == "cuda":
-        props = torch.cuda.get_device_properties(device)
-        info |= {"gpu": props.name, "gpu_memory_gib": props.total_memory / 2**30}
-    return info
-
-
 def _print_profile(label: str, profile: dict) -> None:
     for mode, table in profile.items():
         print(
@@ -680,22 +661,15 @@ def main(argv: list[str] | None = None) -> None:
     timer = Timer(device)
     bandwidth = copy_bandwidth(device, args.bandwidth_gib, timer)
     phases: dict[str, float] = {}
-    results = {
-        "commit": args.commit or git_commit(),
-        "machine": machine(device),
-        "torch": torch.__version__,
-        "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    results = provenance(args, device) | {
         "copy_bandwidth_bytes_per_s": bandwidth,
-        "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         "models": {},
         "phase_seconds": phases,
     }
     for name in args.models:
         results["models"][name] = bench_model(name, args, device, timer, bandwidth, phases)
     phases["total"] = time.perf_counter() - begin
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2) + "\n")
+    write_results(args.out, results)
     print(f"copy bandwidth {bandwidth / 1e9:.0f} GB/s; {phases['total']:.0f} s in all; results in {args.out}")
     print_table(results)
 

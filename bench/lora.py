@@ -31,7 +31,8 @@ from pathlib import Path
 from types import ModuleType
 
 import torch
-from engine_decode import SHAPES, git_commit, machine
+from engine_decode import SHAPES
+from provenance import provenance, write_results
 from safetensors.torch import save_file
 from throughput import latency_summary, load_workload, release_memory
 
@@ -221,19 +222,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     workload = load_workload(args.workload)
-    results = {
-        "commit": args.commit or git_commit(),
-        "machine": machine(args.torch_device),
-        "torch": torch.__version__,
-        "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "settings": {k: str(v) if isinstance(v, Path | torch.device) else v for k, v in vars(args).items()},
-        "models": {},
-    }
+    results = provenance(args, args.torch_device) | {"models": {}}
     for name in args.models:
         results["models"][name] = bench_model(name, args, workload)
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(results, indent=2) + "\n")
+        write_results(args.out, results)
     print(f"results in {args.out}")
     print_table(results)
 

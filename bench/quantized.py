@@ -34,7 +34,8 @@ import traceback
 from pathlib import Path
 
 import torch
-from engine_decode import SHAPES, Timer, copy_bandwidth, git_commit, machine
+from engine_decode import SHAPES, Timer, copy_bandwidth
+from provenance import provenance, write_results
 from throughput import engine_throughput, load_workload
 
 from cairn.services.scheduler.offline import LLM
@@ -223,18 +224,11 @@ def main(argv: list[str] | None = None) -> None:
     )
     if args.tiny:
         prompts = [p[: args.max_model_len - args.output_len - 1] for p in prompts]
-    results = {
-        "commit": args.commit or git_commit(),
-        "machine": machine(device),
-        "torch": torch.__version__,
-        "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    results = provenance(args, device) | {
         "shape": "tiny-128" if args.tiny else args.model,
         "copy_bandwidth_bytes_per_s": bandwidth,
-        "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         "variants": {},
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
     for name in args.variants:
         print(f"== {name}", flush=True)
         try:
@@ -243,7 +237,7 @@ def main(argv: list[str] | None = None) -> None:
             # One scheme failing (e.g. FP8 on a GPU without FP8 tensor cores) must not cost the others.
             results["variants"][name] = {"error": traceback.format_exc()}
         results["total_s"] = time.perf_counter() - begin
-        args.out.write_text(json.dumps(results, indent=2) + "\n")
+        write_results(args.out, results)
     print(
         f"copy bandwidth {bandwidth / 1e9:.0f} GB/s; {results['total_s']:.0f} s in all; results in {args.out}"
     )

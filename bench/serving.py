@@ -621,7 +621,7 @@ def workload_prompts(args: argparse.Namespace, vocab: int) -> list[list[int]]:
 
 
 def record(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
-    from engine_decode import git_commit
+    from provenance import git_commit
 
     return {
         "commit": args.commit or git_commit(),

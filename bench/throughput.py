@@ -36,7 +36,8 @@ from pathlib import Path
 from types import ModuleType
 
 import torch
-from engine_decode import SHAPES, git_commit, machine
+from engine_decode import SHAPES
+from provenance import provenance, write_results
 
 from cairn.services.scheduler.offline import LLM, GenerationResult
 from cairn.services.worker.engine_config import EngineConfig
@@ -291,20 +292,10 @@ def main(argv: list[str] | None = None) -> None:
     workload = load_workload(args.workload)
     import transformers
 
-    results = {
-        "commit": args.commit or git_commit(),
-        "machine": machine(args.torch_device),
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "settings": {k: str(v) if isinstance(v, Path | torch.device) else v for k, v in vars(args).items()},
-        "models": {},
-    }
+    results = provenance(args, args.torch_device, transformers=transformers.__version__) | {"models": {}}
     for name in args.models:
         results["models"][name] = bench_model(name, args, workload)
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(results, indent=2) + "\n")
+        write_results(args.out, results)
     print(f"results in {args.out}")
     print_table(results)
 

@@ -41,7 +41,8 @@ import traceback
 from pathlib import Path
 
 import torch
-from engine_decode import SHAPES, Phases, Timer, batch1_decode, copy_bandwidth, git_commit, machine
+from engine_decode import SHAPES, Phases, Timer, batch1_decode, copy_bandwidth
+from provenance import provenance, write_results
 from throughput import engine_throughput, load_workload, release_memory
 
 from cairn.services.scheduler.offline import LLM
@@ -396,22 +397,15 @@ def main(argv: list[str] | None = None) -> None:
     bandwidth = copy_bandwidth(device, args.bandwidth_gib, timer)
     workload = load_workload(args.workload)
     phases: dict[str, float] = {}
-    results = {
-        "commit": args.commit or git_commit(),
-        "machine": machine(device) | {"gpus": torch.cuda.device_count()},
-        "torch": torch.__version__,
-        "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    results = provenance(args, device) | {
         "copy_bandwidth_bytes_per_s": bandwidth,
-        "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         "models": {},
         "phase_seconds": phases,
     }
     for name in args.models:
         results["models"][name] = bench_model(name, args, timer, bandwidth, workload, phases)
     phases["total"] = time.perf_counter() - begin
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2) + "\n")
+    write_results(args.out, results)
     print(f"copy bandwidth {bandwidth / 1e9:.0f} GB/s; {phases['total']:.0f} s in all; results in {args.out}")
     print_table(results)
 

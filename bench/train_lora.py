@@ -24,11 +24,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import gc
-import json
-import os
-import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -37,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from provenance import provenance, write_results
 
 from cairn.services.trainer.backends import make_backend
 from cairn.services.trainer.data.batches import Schedule
@@ -239,21 +236,6 @@ def measure(name: str, fn: Callable[[], dict[str, float]]) -> dict[str, float]:
     return result
 
 
-def git_commit() -> str:
-    try:
-        return subprocess.run(
-            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown (not a git checkout; pass --commit)"
-
-
-def machine() -> dict[str, Any]:
-    props = torch.cuda.get_device_properties(0)
-    return {"host": platform.node(), "cpu_count": os.cpu_count(), "gpu": props.name,
-            "gpu_memory_gib": props.total_memory / 2**30}  # fmt: skip
-
-
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -285,17 +267,8 @@ def main(argv: list[str] | None = None) -> None:
 
     base = build_base(args.layers)
     samples = synthetic_samples(args.samples, args.max_length, base.config.vocab_size, seed=1)
-    results: dict[str, Any] = {
-        "commit": args.commit or git_commit(),
-        "machine": machine(),
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "peft": peft.__version__,
-        "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-        "runs": {},
-    }
+    versions = {"transformers": transformers.__version__, "peft": peft.__version__}
+    results: dict[str, Any] = provenance(args, torch.device("cuda"), **versions) | {"runs": {}}
     runs = results["runs"]
 
     def cairn_lora(packing: bool) -> dict[str, float]:
@@ -327,8 +300,7 @@ def main(argv: list[str] | None = None) -> None:
         # The bf16 copy leaves the GPU first, so the peak is QLoRA's own.
         del base
         runs["cairn_qlora"] = measure("cairn QLoRA (NF4)", lambda: run_qlora(directory, samples, args))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2) + "\n")
+    write_results(args.out, results)
     print(f"results in {args.out}")
 
 

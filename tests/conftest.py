@@ -69,3 +69,23 @@ def ray_local() -> Any:
     ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False, configure_logging=False)
     yield ray
     ray.shutdown()
+
+
+# The reference workload's interface, for bench smoke runs: the real module (../shared/bench/workload.py)
+# lives outside the repository, so a fresh clone may not have it.
+_REFERENCE_WORKLOAD = """
+import torch
+
+
+def reference_workload(n=512, seed=0, vocab=32000, output_len=256):
+    g = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(4, 40, (n,), generator=g).tolist()
+    return [torch.randint(10, vocab - 10, (k,), generator=g).tolist() for k in lengths], output_len
+"""
+
+
+@pytest.fixture(scope="session")
+def reference_workload_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("workload") / "workload.py"
+    path.write_text(_REFERENCE_WORKLOAD)
+    return path

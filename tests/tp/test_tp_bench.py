@@ -11,21 +11,8 @@ from pathlib import Path
 
 BENCH = Path(__file__).resolve().parents[2] / "bench" / "tp.py"
 
-# The reference workload's interface (the real module lives outside the repository).
-WORKLOAD = """
-import torch
 
-
-def reference_workload(n=512, seed=0, vocab=32000, output_len=256):
-    g = torch.Generator().manual_seed(seed)
-    lengths = torch.randint(4, 40, (n,), generator=g).tolist()
-    return [torch.randint(10, vocab - 10, (k,), generator=g).tolist() for k in lengths], output_len
-"""
-
-
-def test_tiny_run_at_one_and_two_ranks(tmp_path: Path) -> None:
-    workload = tmp_path / "workload.py"
-    workload.write_text(WORKLOAD)
+def test_tiny_run_at_one_and_two_ranks(tmp_path: Path, reference_workload_file: Path) -> None:
     out = tmp_path / "tp.json"
     command = [
         sys.executable,
@@ -34,7 +21,7 @@ def test_tiny_run_at_one_and_two_ranks(tmp_path: Path) -> None:
         "--tp",
         "1,2",
         "--workload",
-        str(workload),
+        str(reference_workload_file),
         "--out",
         str(out),
     ]
