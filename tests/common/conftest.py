@@ -11,8 +11,9 @@ from collections.abc import Iterator
 
 import grpc
 import pytest
+from loopback import LoopThread
 from runtime_echo import EchoConfig, echo_service
-from runtime_helpers import LogCapture, LoopThread, free_port
+from runtime_helpers import LogCapture, free_port
 
 from cairn.common.channel import make_channel
 from cairn.common.logging import ContextFilter, JsonFormatter

@@ -12,9 +12,10 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
+from loopback import LoopThread
 from prometheus_client.parser import text_string_to_metric_families
 from runtime_echo import SERVICE, EchoConfig, echo_service
-from runtime_helpers import LogCapture, LoopThread, free_port, wait_until
+from runtime_helpers import LogCapture, free_port, wait_until
 
 from cairn.common.channel import make_channel, raise_for_rpc_error
 from cairn.common.errors import CairnError, NotFound

@@ -11,8 +11,8 @@ from pathlib import Path
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from loopback import LoopThread
 from runtime_echo import SERVICE, EchoConfig, echo_service
-from runtime_helpers import LoopThread
 
 from cairn.common.channel import make_channel
 from cairn.common.server import RunningServer, start_server

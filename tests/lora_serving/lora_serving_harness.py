@@ -4,19 +4,14 @@ model as the greedy oracle."""
 
 from __future__ import annotations
 
-import asyncio
 import json
-import threading
-from collections.abc import Callable, Coroutine, Sequence
-from contextlib import AbstractAsyncContextManager
+from collections.abc import Sequence
 from functools import cache
 from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
 
-from cairn.common.config import ServiceConfig
-from cairn.common.server import GrpcService, RunningServer, start_server
 from cairn.services.scheduler.worker_client import LocalWorkerClient, WorkerClient, WorkerLost
 from cairn.services.worker.step import StepInput, StepOutput
 
@@ -37,49 +32,6 @@ TRAIN_ARGS = {
     "logging_steps": 20,
     "seed": 0,
 }
-
-
-class LoopThread:
-    """An event loop on a thread: servers live there, tests stay synchronous."""
-
-    def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self.loop.run_forever, name="lora-test-loop", daemon=True)
-        self._thread.start()
-
-    def run(self, coro: Coroutine[Any, Any, R], timeout: float = 180) -> R:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
-
-    def close(self) -> None:
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self._thread.join()
-        self.loop.close()
-
-
-class Served:
-    """A service built by `build(config)` (or given as ready services), on an ephemeral loopback port."""
-
-    def __init__(
-        self,
-        loop: LoopThread,
-        config: ServiceConfig,
-        build: Callable[[Any], AbstractAsyncContextManager[list[GrpcService]]],
-    ) -> None:
-        self.loop = loop
-        self.config = config
-        self._built = build(config)
-        self.running: RunningServer = loop.run(self._start())
-
-    async def _start(self) -> RunningServer:
-        return await start_server(self.config, await self._built.__aenter__())
-
-    @property
-    def address(self) -> str:
-        return f"127.0.0.1:{self.running.port}"
-
-    def stop(self) -> None:
-        self.loop.run(self.running.stop(None))
-        self.loop.run(self._built.__aexit__(None, None, None))
 
 
 class RecordingWorker(LocalWorkerClient):

@@ -25,12 +25,11 @@ from typing import Any
 import grpc
 import openai
 import pytest
+from loopback import LoopThread, Served
 from lora_serving_harness import (
     CHATS,
     TRAIN_ARGS,
-    LoopThread,
     RecordingLauncher,
-    Served,
     chat_prompt_ids,
     chat_records,
     hf_greedy,

@@ -14,7 +14,8 @@ from typing import Any
 import grpc
 import pytest
 import torch
-from lora_serving_harness import LoopThread, RecordingLauncher, hf_greedy, make_peft_adapter
+from loopback import LoopThread
+from lora_serving_harness import RecordingLauncher, hf_greedy, make_peft_adapter
 from prometheus_client import REGISTRY
 from pydantic import ValidationError
 

@@ -18,7 +18,8 @@ from typing import Any
 
 import pytest
 import torch
-from quant_harness import CALIBRATION, EVALUATION, ServiceThread, spec
+from loopback import ServiceThread
+from quant_harness import CALIBRATION, EVALUATION, spec
 
 from cairn.services.quantizer.plan import plan_from_spec
 from cairn.services.quantizer.quantize import Outcome, quantize

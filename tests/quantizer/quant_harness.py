@@ -3,13 +3,10 @@ community GPTQ/AWQ checkpoints written the way AutoGPTQ and AutoAWQ pack them, a
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import shutil
-import threading
-from collections.abc import Callable, Iterator
-from contextlib import AbstractAsyncContextManager
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +15,6 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from cairn.common.config import ServiceConfig
-from cairn.common.server import RunningServer, start_server
 from cairn.services.quantizer.methods.rtn import QuantArgs, rtn
 from cairn.services.worker.engine_config import EngineConfig
 from cairn.services.worker.model_runner import ModelRunner
@@ -32,37 +27,6 @@ BLOCK_SIZE = 4
 CALIBRATION = {"num_samples": 8, "seq_len": 64}
 EVALUATION = {"num_samples": 4, "seq_len": 64}
 LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-
-
-class ServiceThread:
-    """A cairn service built by `build(config)` and served on a private event loop until `stop()`."""
-
-    def __init__(
-        self, config: ServiceConfig, build: Callable[[Any], AbstractAsyncContextManager[Any]]
-    ) -> None:
-        self.config = config
-        self.loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self._thread.start()
-        self._services = build(config)
-        self.running: RunningServer = self._call(self._start())
-
-    def _call(self, coro: Any) -> Any:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(120)
-
-    async def _start(self) -> RunningServer:
-        return await start_server(self.config, await self._services.__aenter__())
-
-    @property
-    def address(self) -> str:
-        return f"127.0.0.1:{self.running.port}"
-
-    def stop(self) -> None:
-        self._call(self.running.stop(None))
-        self._call(self._services.__aexit__(None, None, None))
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self._thread.join()
-        self.loop.close()
 
 
 def spec(source: str, quant_type: str, **fields: Any) -> quantizer_pb2.QuantizeJobSpec:

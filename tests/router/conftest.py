@@ -19,16 +19,8 @@ from typing import Any
 
 import grpc
 import pytest
-from router_harness import (
-    CONTEXT,
-    SHORT_CONTEXT,
-    InProcessScheduler,
-    LoopThread,
-    Router,
-    Served,
-    scheduler_config,
-    start_router,
-)
+from loopback import LoopThread, Served
+from router_harness import CONTEXT, SHORT_CONTEXT, InProcessScheduler, Router, scheduler_config, start_router
 
 from cairn.services.scheduler.server import scheduler_services
 from cairn.services.tokenizer.config import TokenizerConfig

@@ -7,19 +7,15 @@ synchronous and call them like any client would.
 
 from __future__ import annotations
 
-import asyncio
-import threading
 import time
-from collections.abc import Callable, Coroutine
-from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 import grpc
+from loopback import LoopThread
 
-from cairn.common.config import ServiceConfig
-from cairn.common.server import GrpcService, RunningServer, start_server
+from cairn.common.server import RunningServer, start_server
 from cairn.services.router.config import RouterConfig
 from cairn.services.router.server import RouterRuntime
 from cairn.services.scheduler.launcher import LocalLauncher
@@ -34,51 +30,6 @@ R = TypeVar("R")
 CONTEXT = 2048
 # Deployment "tiny-short": generations stay short whatever a fuzzer asks for.
 SHORT_CONTEXT = 128
-
-
-class LoopThread:
-    """An event loop on a thread: servers live there, tests stay synchronous."""
-
-    def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self.loop.run_forever, name="router-test-loop", daemon=True)
-        self._thread.start()
-
-    def run(self, coro: Coroutine[Any, Any, R], timeout: float = 180) -> R:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
-
-    def close(self) -> None:
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self._thread.join()
-        self.loop.close()
-
-
-class Served:
-    """A service built by its own `build(config)` context manager, on an ephemeral loopback port."""
-
-    def __init__(
-        self,
-        loop: LoopThread,
-        config: ServiceConfig,
-        build: Callable[[Any], AbstractAsyncContextManager[list[GrpcService]]],
-    ) -> None:
-        self.loop = loop
-        self.config = config
-        self._built = build(config)
-        self.services: list[GrpcService] = []
-        self.running: RunningServer = loop.run(self._start())
-
-    async def _start(self) -> RunningServer:
-        self.services = await self._built.__aenter__()
-        return await start_server(self.config, self.services)
-
-    @property
-    def address(self) -> str:
-        return f"127.0.0.1:{self.running.port}"
-
-    def stop(self) -> None:
-        self.loop.run(self.running.stop(None))
-        self.loop.run(self._built.__aexit__(None, None, None))
 
 
 class InProcessScheduler:

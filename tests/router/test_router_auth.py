@@ -9,7 +9,8 @@ from typing import Any
 import grpc
 import httpx2 as httpx
 import pytest
-from router_harness import LoopThread, Router, start_router
+from loopback import LoopThread
+from router_harness import Router, start_router
 
 from cairn.common.errors import Unauthenticated
 from cairn.services.router.admission import RetryLater

@@ -11,7 +11,8 @@ from typing import Any
 import grpc
 import httpx2 as httpx
 import pytest
-from router_harness import LoopThread, Router, scheduler_stats, start_router, wait_idle
+from loopback import LoopThread
+from router_harness import Router, scheduler_stats, start_router, wait_idle
 
 from cairn.common.errors import DeadlineExceeded
 from cairn.services.router.admission import AdmissionGate, RetryLater

@@ -15,8 +15,9 @@ from typing import Any
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
+from loopback import LoopThread
 from prometheus_client import REGISTRY
-from router_harness import LoopThread, Router, start_router, wait_idle
+from router_harness import Router, start_router, wait_idle
 from schemathesis import GenerationMode
 from schemathesis.checks import content_type_conformance, not_a_server_error, status_code_conformance
 

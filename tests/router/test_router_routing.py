@@ -11,10 +11,10 @@ from typing import Any
 import grpc
 import httpx2 as httpx
 import pytest
+from loopback import LoopThread
 from router_harness import (
     SHORT_CONTEXT,
     InProcessScheduler,
-    LoopThread,
     Router,
     scheduler_config,
     scheduler_stats,

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from scheduler_service_harness import BLOCK_SIZE, MAX_MODEL_LEN, LoopThread, Reference, Spec
+from loopback import LoopThread
+from scheduler_service_harness import BLOCK_SIZE, MAX_MODEL_LEN, Reference, Spec
 
 from cairn.services.worker.driver import Driver
 from cairn.services.worker.engine_config import EngineConfig

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-import threading
 import time
 from collections.abc import Callable, Coroutine, Iterator
 from contextlib import contextmanager
@@ -14,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import grpc
+from loopback import LoopThread
 
 from cairn.common.channel import make_channel
 from cairn.common.server import RunningServer, start_server
@@ -30,25 +30,8 @@ BLOCK_SIZE = 4
 MAX_MODEL_LEN = 256
 
 
-class LoopThread:
-    """An event loop on a thread: servers and async clients live there, tests stay synchronous."""
-
-    def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self.loop.run_forever, name="scheduler-test-loop", daemon=True)
-        self._thread.start()
-
-    def run(self, coro: Coroutine[Any, Any, R], timeout: float = 180) -> R:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
-
-    def close(self) -> None:
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self._thread.join()
-        self.loop.close()
-
-
 @dataclass
-class Served:
+class ServedPool:
     loop: LoopThread
     pool: WorkerPool
     running: RunningServer
@@ -137,7 +120,7 @@ def local_pool(config: SchedulerServiceConfig, launcher: ControlledLauncher, **o
 
 
 @contextmanager
-def serve_pool(loop: LoopThread, config: SchedulerServiceConfig, pool: WorkerPool) -> Iterator[Served]:
+def serve_pool(loop: LoopThread, config: SchedulerServiceConfig, pool: WorkerPool) -> Iterator[ServedPool]:
     """`pool` behind the scheduler's gRPC servicer on an ephemeral port."""
 
     async def start() -> RunningServer:
@@ -146,14 +129,14 @@ def serve_pool(loop: LoopThread, config: SchedulerServiceConfig, pool: WorkerPoo
 
     running = loop.run(start())
     try:
-        yield Served(loop, pool, running)
+        yield ServedPool(loop, pool, running)
     finally:
         loop.run(running.stop(None))
         loop.run(pool.close())
 
 
 @contextmanager
-def serve(loop: LoopThread, config: SchedulerServiceConfig) -> Iterator[Served]:
+def serve(loop: LoopThread, config: SchedulerServiceConfig) -> Iterator[ServedPool]:
     """The scheduler service as `cairn scheduler serve` builds it, on an ephemeral port."""
     built = scheduler_services(config)
 
@@ -163,7 +146,7 @@ def serve(loop: LoopThread, config: SchedulerServiceConfig) -> Iterator[Served]:
 
     pool, running = loop.run(start())
     try:
-        yield Served(loop, pool, running)
+        yield ServedPool(loop, pool, running)
     finally:
         loop.run(running.stop(None))
         loop.run(built.__aexit__(None, None, None))

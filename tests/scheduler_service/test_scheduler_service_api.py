@@ -14,10 +14,10 @@ from pathlib import Path
 
 import grpc
 import pytest
+from loopback import LoopThread
 from scheduler_service_harness import (
     ControlledLauncher,
-    LoopThread,
-    Served,
+    ServedPool,
     Spec,
     generate_all,
     greedy_request,
@@ -39,14 +39,14 @@ def launcher() -> ControlledLauncher:
 
 
 @pytest.fixture(scope="module")
-def served(loop: LoopThread, tiny_model_dir: Path, launcher: ControlledLauncher) -> Iterator[Served]:
+def served(loop: LoopThread, tiny_model_dir: Path, launcher: ControlledLauncher) -> Iterator[ServedPool]:
     config = service_config(str(tiny_model_dir), deployment="api", max_num_seqs=2, max_queue=MAX_QUEUE)
     with serve_pool(loop, config, local_pool(config, launcher)) as served:
         yield served
 
 
 @pytest.fixture
-def stub(served: Served) -> Iterator[scheduler_pb2_grpc.SchedulerStub]:
+def stub(served: ServedPool) -> Iterator[scheduler_pb2_grpc.SchedulerStub]:
     with served.stub() as stub:
         yield stub
         # Whatever a test did, nothing may stay running or hold blocks.
@@ -65,7 +65,7 @@ def _long(request_id: str, prompt: list[int] | None = None) -> scheduler_pb2.Sch
 
 
 @contextmanager
-def held(served: Served, launcher: ControlledLauncher) -> Iterator[None]:
+def held(served: ServedPool, launcher: ControlledLauncher) -> Iterator[None]:
     """Worker steps wait meanwhile: running requests stay exactly where they are."""
 
     async def switch(open_: bool) -> None:
@@ -126,7 +126,7 @@ def test_logprobs_prompt_logprobs_and_samples_stream_through(stub: scheduler_pb2
 
 
 def test_abort_ends_the_stream_and_frees_its_blocks(
-    served: Served, stub: scheduler_pb2_grpc.SchedulerStub, launcher: ControlledLauncher
+    served: ServedPool, stub: scheduler_pb2_grpc.SchedulerStub, launcher: ControlledLauncher
 ) -> None:
     call = stub.Generate(_long("to-abort"))
     first = next(call)
@@ -141,7 +141,7 @@ def test_abort_ends_the_stream_and_frees_its_blocks(
 
 
 def test_a_cancelled_call_aborts_its_request(
-    served: Served, stub: scheduler_pb2_grpc.SchedulerStub, launcher: ControlledLauncher
+    served: ServedPool, stub: scheduler_pb2_grpc.SchedulerStub, launcher: ControlledLauncher
 ) -> None:
     call = stub.Generate(_long("to-cancel"))
     next(call)
@@ -153,7 +153,7 @@ def test_a_cancelled_call_aborts_its_request(
 
 
 def test_a_full_queue_is_resource_exhausted(
-    served: Served, stub: scheduler_pb2_grpc.SchedulerStub, launcher: ControlledLauncher
+    served: ServedPool, stub: scheduler_pb2_grpc.SchedulerStub, launcher: ControlledLauncher
 ) -> None:
     # Both seats (max_num_seqs) taken by requests that cannot finish while steps are held.
     calls = [stub.Generate(_long(f"seat{i}", [30 + i, 31, 32])) for i in range(2)]
@@ -205,7 +205,9 @@ def test_bad_requests_are_refused_with_their_status(
     assert message in err.value.details()
 
 
-def test_a_live_request_id_cannot_be_reused(served: Served, stub: scheduler_pb2_grpc.SchedulerStub) -> None:
+def test_a_live_request_id_cannot_be_reused(
+    served: ServedPool, stub: scheduler_pb2_grpc.SchedulerStub
+) -> None:
     call = stub.Generate(_long("twice"))
     next(call)
     with pytest.raises(grpc.RpcError) as err:
@@ -215,7 +217,7 @@ def test_a_live_request_id_cannot_be_reused(served: Served, stub: scheduler_pb2_
 
 
 def test_metrics_cover_queue_kv_cache_and_latencies(
-    served: Served, stub: scheduler_pb2_grpc.SchedulerStub
+    served: ServedPool, stub: scheduler_pb2_grpc.SchedulerStub
 ) -> None:
     served.run(
         generate_all(

@@ -8,8 +8,8 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
+from loopback import LoopThread
 from scheduler_service_harness import (
-    LoopThread,
     Reference,
     generate_all,
     greedy_request,

@@ -8,15 +8,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from scheduler_service_harness import (
-    LoopThread,
-    Reference,
-    generate_all,
-    greedy_request,
-    serve,
-    service_config,
-    workload,
-)
+from loopback import LoopThread
+from scheduler_service_harness import Reference, generate_all, greedy_request, serve, service_config, workload
 
 from cairn.v1 import common_pb2, scheduler_pb2
 

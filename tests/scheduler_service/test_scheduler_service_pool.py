@@ -8,14 +8,8 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
-from scheduler_service_harness import (
-    ControlledLauncher,
-    LoopThread,
-    Reference,
-    local_pool,
-    service_config,
-    workload,
-)
+from loopback import LoopThread
+from scheduler_service_harness import ControlledLauncher, Reference, local_pool, service_config, workload
 
 from cairn.common.errors import Unavailable
 from cairn.services.scheduler import placement

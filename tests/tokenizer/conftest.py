@@ -15,7 +15,8 @@ from typing import Any
 
 import grpc
 import pytest
-from tokenizer_harness import LoopThread, Served, SyncClient, build_byte_fallback_tokenizer
+from loopback import LoopThread, Served
+from tokenizer_harness import SyncClient, build_byte_fallback_tokenizer
 
 from cairn.services.registry.client import RegistryClient
 from cairn.services.registry.config import RegistryConfig

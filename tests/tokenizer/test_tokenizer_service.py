@@ -12,7 +12,8 @@ from typing import Any
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from tokenizer_harness import Served, SyncClient
+from loopback import Served
+from tokenizer_harness import SyncClient
 
 from cairn.cli import build_parser
 from cairn.common.config import load_config

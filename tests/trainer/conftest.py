@@ -12,14 +12,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from trainer_harness import (
-    ServiceThread,
-    TrainerFactory,
-    chat_records,
-    preference_records,
-    text_records,
-    write_jsonl,
-)
+from loopback import ServiceThread
+from trainer_harness import TrainerFactory, chat_records, preference_records, text_records, write_jsonl
 
 from cairn.jobs.config import JobsConfig
 from cairn.services.registry.client import RegistryClient
@@ -88,7 +82,7 @@ def trainer_factory(
 
     yield make
     for service in started:
-        if service.loop.is_running():
+        if service.loop.loop.is_running():
             service.stop()
 
 

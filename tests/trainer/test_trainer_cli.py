@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-from trainer_harness import ServiceThread
+from loopback import ServiceThread
 
 from cairn.cli import main
 

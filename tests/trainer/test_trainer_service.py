@@ -15,7 +15,8 @@ from typing import Any
 
 import pytest
 import torch
-from trainer_harness import FINISHED, ServiceThread, job_spec, processes_mentioning, wait_for_state
+from loopback import ServiceThread
+from trainer_harness import FINISHED, job_spec, processes_mentioning, wait_for_state
 
 from cairn.common.errors import FailedPrecondition, InvalidArgument, NotFound
 from cairn.services.registry.client import RegistryClient

@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
-import threading
 import time
 from collections.abc import Callable
-from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any
 
-from cairn.common.config import ServiceConfig
-from cairn.common.server import RunningServer, start_server
+from loopback import ServiceThread
+
 from cairn.services.trainer.jobfile import spec_from_yaml
 from cairn.v1 import common_pb2, trainer_pb2
 
@@ -31,39 +28,6 @@ PREFERENCES = [
     ("What is the capital of France?", "Paris is the capital.", "London is the capital."),
     ("Name a red fruit.", "A strawberry is red.", "A banana is red."),
 ]
-
-
-class ServiceThread:
-    """A cairn service built by `build(config)` and served on a private loop until `stop()`."""
-
-    def __init__(
-        self, config: ServiceConfig, build: Callable[[Any], AbstractAsyncContextManager[Any]]
-    ) -> None:
-        self.config = config
-        self.loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self.loop.run_forever, name=f"{config.service_name}-server",
-                                        daemon=True)  # fmt: skip
-        self._thread.start()
-        self._services = build(config)
-        self.running: RunningServer = self._call(self._start())
-
-    def _call(self, coro: Any) -> Any:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(120)
-
-    async def _start(self) -> RunningServer:
-        services = await self._services.__aenter__()
-        return await start_server(self.config, services)
-
-    @property
-    def address(self) -> str:
-        return f"127.0.0.1:{self.running.port}"
-
-    def stop(self) -> None:
-        self._call(self.running.stop(None))
-        self._call(self._services.__aexit__(None, None, None))
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self._thread.join()
-        self.loop.close()
 
 
 TrainerFactory = Callable[..., ServiceThread]
