@@ -34,7 +34,7 @@ import torch
 from engine_decode import SHAPES
 from provenance import provenance, write_results
 from safetensors.torch import save_file
-from throughput import latency_summary, load_workload, release_memory
+from throughput import add_engine_arguments, latency_summary, load_workload, make_llm, release_memory
 
 from cairn.services.scheduler.offline import LLM
 from cairn.services.worker.engine_config import EngineConfig
@@ -83,24 +83,6 @@ def write_adapter(shape: dict, out: Path, seed: int, rank: int) -> Path:
     return out
 
 
-def make_llm(model_dir: Path, args: argparse.Namespace, max_loras: int) -> LLM:
-    return LLM(
-        str(model_dir),
-        load_format="dummy",
-        device=args.device,
-        dtype=args.dtype,
-        max_num_seqs=args.max_num_seqs,
-        max_num_batched_tokens=args.max_num_batched_tokens,
-        max_model_len=args.max_model_len,
-        num_scheduler_steps=args.num_scheduler_steps,
-        gpu_memory_utilization=args.gpu_memory_utilization,
-        cpu_kv_cache_gb=args.cpu_kv_cache_gb,
-        enforce_eager=args.enforce_eager,
-        max_loras=max_loras,
-        max_lora_rank=RANK,
-    )
-
-
 def run_variant(llm: LLM, prompts: list[list[int]], output_len: int, adapters: list[str]) -> dict:
     """`adapters`: each prompt's adapter directory, "" for the base model."""
     # Warm-up: kernels, graphs, and every adapter loaded into its slot before the timed run.
@@ -145,7 +127,8 @@ def bench_model(name: str, args: argparse.Namespace, workload: ModuleType) -> di
         ]
         mixed = [refs[i % NUM_ADAPTERS] for i in range(len(prompts))]
         for variant in args.variants:
-            llm = make_llm(root / "model", args, 0 if variant == "base" else NUM_ADAPTERS)
+            max_loras = 0 if variant == "base" else NUM_ADAPTERS
+            llm = make_llm(root / "model", args, max_loras=max_loras, max_lora_rank=RANK)
             try:
                 if variant == "lora-base":
                     # The adapters resident, as a serving replica's would be; no request uses them.
@@ -185,24 +168,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--models", default="0.5b", help=f"comma-separated, of {sorted(SHAPES)}")
+    add_engine_arguments(parser)
     parser.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated, of {VARIANTS}")
-    parser.add_argument("--tiny", action="store_true", help="CPU smoke run: tiny shape, small counts, fp32")
-    parser.add_argument("--out", type=Path, required=True, help="JSON results path")
-    parser.add_argument("--workload", type=Path, help="the reference workload.py (default: shared/bench/)")
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--dtype", default="bfloat16")
-    parser.add_argument("--requests", type=int, default=512)
-    parser.add_argument("--output-len", type=int, default=256)
-    parser.add_argument("--workload-vocab", type=int, default=32000, help="token ids are drawn below this")
-    parser.add_argument("--max-num-seqs", type=int, default=512, help="512 seats: the whole workload at once")
-    parser.add_argument("--max-num-batched-tokens", type=int, default=8192)
-    parser.add_argument("--max-model-len", type=int, default=4096)
-    parser.add_argument("--num-scheduler-steps", type=int, default=8, help="decode steps per worker call")
-    parser.add_argument("--gpu-memory-utilization", type=float, default=0.9)
-    parser.add_argument("--cpu-kv-cache-gb", type=float, default=1.0)
-    parser.add_argument("--enforce-eager", action="store_true")
-    parser.add_argument("--commit", help="commit to record when the tree is a copy without .git")
     args = parser.parse_args(argv)
     if args.tiny:
         args.models, args.device, args.dtype = "tiny", "cpu", "float32"

@@ -64,7 +64,9 @@ def load_workload(path: Path | None) -> ModuleType:
     return module
 
 
-def make_llm(model_dir: Path, args: argparse.Namespace) -> LLM:
+def make_llm(model_dir: Path, args: argparse.Namespace, **settings: object) -> LLM:
+    """The offline engine over dummy weights in `model_dir`, configured by `add_engine_arguments`'
+    flags; `settings` adds engine settings of a variant (max_loras, quantization, ...)."""
     return LLM(
         str(model_dir),
         load_format="dummy",
@@ -77,6 +79,7 @@ def make_llm(model_dir: Path, args: argparse.Namespace) -> LLM:
         gpu_memory_utilization=args.gpu_memory_utilization,
         cpu_kv_cache_gb=args.cpu_kv_cache_gb,
         enforce_eager=args.enforce_eager,
+        **settings,
     )
 
 
@@ -248,10 +251,8 @@ def print_table(results: dict) -> None:
             )
 
 
-def parse_args(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags of a reference-workload run through the offline engine (shared with bench/lora.py)."""
     parser.add_argument("--models", default="0.5b", help=f"comma-separated, of {sorted(SHAPES)}")
     parser.add_argument("--tiny", action="store_true", help="CPU smoke run: tiny shape, small counts, fp32")
     parser.add_argument("--out", type=Path, required=True, help="JSON results path")
@@ -268,11 +269,18 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--gpu-memory-utilization", type=float, default=0.9)
     parser.add_argument("--cpu-kv-cache-gb", type=float, default=1.0)
     parser.add_argument("--enforce-eager", action="store_true")
+    parser.add_argument("--commit", help="commit to record when the tree is a copy without .git")
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    add_engine_arguments(parser)
     parser.add_argument("--skip-hf", action="store_true")
     parser.add_argument("--system-prompt-len", type=int, default=1024)
     parser.add_argument("--prefix-requests", type=int, default=32)
     parser.add_argument("--prefix-output-len", type=int, default=16)
-    parser.add_argument("--commit", help="commit to record when the tree is a copy without .git")
     args = parser.parse_args(argv)
     if args.tiny:
         args.models, args.device, args.dtype = "tiny", "cpu", "float32"
