@@ -6,8 +6,6 @@ so a weight the loader maps to the wrong place changes the logits.
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -87,25 +85,6 @@ def make_runner(
     runner.load()
     runner.profile_and_allocate_kv_cache()
     return runner
-
-
-@contextlib.contextmanager
-def recorded_logits(runner: ModelRunner) -> Iterator[list[torch.Tensor]]:
-    """Every logits tensor the runner computes (eager or from a CUDA graph), in order, as float32."""
-    compute = runner._logits
-    seen: list[torch.Tensor] = []
-
-    def record(*args: Any, **kwargs: Any) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        logits, argmax = compute(*args, **kwargs)
-        if logits is not None:
-            seen.append(logits.float().clone())
-        return logits, argmax
-
-    runner._logits = record
-    try:
-        yield seen
-    finally:
-        del runner._logits
 
 
 def prompts(seed: int = 0, lengths: tuple[int, ...] = PROMPT_LENGTHS) -> list[list[int]]:

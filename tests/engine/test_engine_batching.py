@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from engine_helpers import BlockAllocator, greedy, make_runner, prefill_step, prompts, recorded_logits
+from engine_helpers import BlockAllocator, greedy, make_runner, prefill_step, prompts
+from runner_probes import recorded_logits
 
 from cairn.services.worker.sampling_params import SamplingParams
 from cairn.services.worker.step import NewSequence, ScheduledSeq, StepInput

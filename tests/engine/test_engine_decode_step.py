@@ -14,8 +14,9 @@ from collections.abc import Iterator
 
 import pytest
 import torch
-from engine_helpers import BlockAllocator, greedy, make_runner, prefill_step, prompts, recorded_logits
+from engine_helpers import BlockAllocator, greedy, make_runner, prefill_step, prompts
 from launch_counter import count_launches
+from runner_probes import recorded_logits
 from torch._dynamo.backends.common import aot_autograd
 
 from cairn import kernels

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from engine_helpers import VARIANTS, build_hf_model, greedy, hf_logits, make_runner, prompts, recorded_logits
+from engine_helpers import VARIANTS, build_hf_model, greedy, hf_logits, make_runner, prompts
+from runner_probes import recorded_logits
 from safetensors.torch import load_file, save_file
 
 from cairn.common.errors import InvalidArgument, NotFound

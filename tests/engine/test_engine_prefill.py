@@ -6,7 +6,8 @@ Each case must give the logits of a plain one-step prefill of the same tokens.
 from __future__ import annotations
 
 import torch
-from engine_helpers import BlockAllocator, greedy, hf_logits, make_runner, prompts, recorded_logits
+from engine_helpers import BlockAllocator, greedy, hf_logits, make_runner, prompts
+from runner_probes import recorded_logits
 
 from cairn.services.worker.step import NewSequence, ScheduledSeq, StepInput
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -68,22 +66,3 @@ def make_runner(model_dir: Path, **overrides: Any) -> ModelRunner:
     runner.load()
     runner.profile_and_allocate_kv_cache()
     return runner
-
-
-@contextlib.contextmanager
-def recorded_logits(runner: ModelRunner) -> Iterator[list[torch.Tensor]]:
-    """Every logits tensor the runner computes, in order, as float32."""
-    compute = runner._logits
-    seen: list[torch.Tensor] = []
-
-    def record(*args: Any, **kwargs: Any) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        logits, argmax = compute(*args, **kwargs)
-        if logits is not None:
-            seen.append(logits.float().clone())
-        return logits, argmax
-
-    runner._logits = record
-    try:
-        yield seen
-    finally:
-        del runner._logits

@@ -11,7 +11,8 @@ from typing import Any
 
 import pytest
 import torch
-from lora_helpers import hf_logits, make_runner, recorded_logits
+from lora_helpers import hf_logits, make_runner
+from runner_probes import recorded_logits
 
 from cairn.services.worker.model_runner import ModelRunner
 from cairn.services.worker.sampling_params import SamplingParams

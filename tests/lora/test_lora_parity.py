@@ -9,7 +9,8 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from lora_helpers import BLOCK_SIZE, hf_logits, make_runner, recorded_logits
+from lora_helpers import BLOCK_SIZE, hf_logits, make_runner
+from runner_probes import recorded_logits
 
 from cairn.services.worker.cuda_graphs import DecodeGraphs
 from cairn.services.worker.sampling_params import SamplingParams

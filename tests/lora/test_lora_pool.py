@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from lora_helpers import hf_logits, make_runner, recorded_logits
+from lora_helpers import hf_logits, make_runner
+from runner_probes import recorded_logits
 from safetensors.torch import load_file, save_file
 
 from cairn.common.errors import FailedPrecondition, InvalidArgument, NotFound
