@@ -13,8 +13,8 @@ from engine_helpers import (
     make_runner,
     prefill_step,
     prompts,
-    recorded_logits,
 )
+from runner_probes import recorded_logits
 
 from cairn.services.worker.cuda_graphs import capture_sizes
 from cairn.services.worker.driver import Driver

@@ -16,8 +16,8 @@ from engine_helpers import (
     make_runner,
     prefill_step,
     prompts,
-    recorded_logits,
 )
+from runner_probes import recorded_logits
 
 from cairn.services.worker.step import ScheduledSeq, StepInput
 
