@@ -3,15 +3,14 @@ community GPTQ/AWQ checkpoints written the way AutoGPTQ and AutoAWQ pack them, a
 
 from __future__ import annotations
 
-import contextlib
 import json
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from runner_probes import recorded_logits
 from safetensors import safe_open
 from safetensors.torch import save_file
 
@@ -194,25 +193,6 @@ def make_runner(path: Path, **overrides: Any) -> ModelRunner:
     runner.load()
     runner.profile_and_allocate_kv_cache()
     return runner
-
-
-@contextlib.contextmanager
-def recorded_logits(runner: ModelRunner) -> Iterator[list[torch.Tensor]]:
-    """Every float32 logits tensor the runner computes, in order."""
-    model = runner.model
-    compute = model.compute_logits
-    seen: list[torch.Tensor] = []
-
-    def record(hidden: torch.Tensor) -> torch.Tensor:
-        logits = compute(hidden)
-        seen.append(logits.clone())
-        return logits
-
-    model.compute_logits = record
-    try:
-        yield seen
-    finally:
-        del model.compute_logits
 
 
 def teacher_forced_logits(runner: ModelRunner, prompts: list[list[int]], split: int) -> torch.Tensor:
