@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import json
 from collections import namedtuple
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from os import PathLike
 from pathlib import Path
-from typing import Any, Literal, NoReturn, overload
+from typing import Any, Literal, NoReturn, Self, TypeVar, overload
 
 import grpc
 import grpc.aio
@@ -193,3 +193,31 @@ def raise_for_rpc_error(error: grpc.RpcError) -> NoReturn:
     code = error.code() if hasattr(error, "code") else grpc.StatusCode.UNKNOWN
     details = error.details() if hasattr(error, "details") else str(error)
     raise from_status(code, details or code.name) from error
+
+
+T = TypeVar("T")
+
+
+class BlockingClient:
+    """What every blocking service client shares: its target, a per-call timeout, a channel that is
+    closed on `close()` or leaving a `with` block, and `_call`, which raises the typed CairnError
+    of a failed call. Subclasses open `self._channel` with `make_channel` and build their stub."""
+
+    target: str
+    timeout: float
+    _channel: grpc.Channel
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _call(self, method: Callable[..., T], request: Any) -> T:
+        try:
+            return method(request, timeout=self.timeout)
+        except grpc.RpcError as e:
+            raise_for_rpc_error(e)

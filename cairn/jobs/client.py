@@ -16,14 +16,14 @@ from typing import Any, ClassVar, Generic, TypeVar
 
 import grpc
 
-from cairn.common.channel import make_channel, raise_for_rpc_error
+from cairn.common.channel import BlockingClient, make_channel, raise_for_rpc_error
 from cairn.v1 import common_pb2
 
 T = TypeVar("T")
 Job = TypeVar("Job")
 
 
-class JobServiceClient(Generic[Job]):
+class JobServiceClient(BlockingClient, Generic[Job]):
     default_target: ClassVar[str]
     target_env: ClassVar[str]
     stub_class: ClassVar[Callable[[grpc.Channel], Any]]
@@ -34,21 +34,6 @@ class JobServiceClient(Generic[Job]):
         self.timeout = timeout
         self._channel = make_channel(self.target, aio=False)
         self._stub = type(self).stub_class(self._channel)
-
-    def close(self) -> None:
-        self._channel.close()
-
-    def __enter__(self) -> JobServiceClient[Job]:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def _call(self, method: Callable[..., T], request: Any) -> T:
-        try:
-            return method(request, timeout=self.timeout)
-        except grpc.RpcError as e:
-            raise_for_rpc_error(e)
 
     def submit(self, spec: Any) -> Job:
         return self._call(self._stub.SubmitJob, spec)

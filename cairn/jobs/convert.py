@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
-
-from google.protobuf import timestamp_pb2
-
+from cairn.common.timestamps import to_timestamp
 from cairn.v1 import common_pb2
 
 from .records import Job, Progress, RunnerKind
@@ -27,22 +24,14 @@ def progress_to_proto(progress: Progress) -> common_pb2.JobProgress:
     return common_pb2.JobProgress(**progress.to_dict())
 
 
-def _timestamp(value: datetime | None) -> timestamp_pb2.Timestamp | None:
-    if value is None:
-        return None
-    stamp = timestamp_pb2.Timestamp()
-    stamp.FromDatetime(value)
-    return stamp
-
-
 def status_to_proto(job: Job) -> common_pb2.JobStatus:
     status = common_pb2.JobStatus(
         state=int(job.state),
         progress=progress_to_proto(job.progress),
         error=job.error,
-        created_at=_timestamp(job.created_at),
-        started_at=_timestamp(job.started_at),
-        finished_at=_timestamp(job.finished_at),
+        created_at=to_timestamp(job.created_at),
+        started_at=to_timestamp(job.started_at),
+        finished_at=to_timestamp(job.finished_at),
         attempts=job.attempts,
         checkpoint_step=job.checkpoint.step if job.checkpoint else 0,
         runner=RUNNER_TO_PROTO[job.runner],

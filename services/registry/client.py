@@ -27,7 +27,7 @@ from typing import Any, TypeVar
 
 import grpc
 
-from cairn.common.channel import make_channel, raise_for_rpc_error
+from cairn.common.channel import BlockingClient, make_channel, raise_for_rpc_error
 from cairn.common.errors import CairnError, DataLoss, InvalidArgument, Unavailable
 from cairn.v1 import common_pb2, registry_pb2, registry_pb2_grpc
 
@@ -62,7 +62,7 @@ def default_cache_dir() -> Path:
     return (Path(home) if home else Path.home() / ".cairn") / "cache" / "models"
 
 
-class RegistryClient:
+class RegistryClient(BlockingClient):
     def __init__(
         self,
         target: str | None = None,
@@ -81,21 +81,6 @@ class RegistryClient:
             self.target, tls_ca=tls_ca, tls_cert=tls_cert, tls_key=tls_key, aio=False
         )
         self._stub = registry_pb2_grpc.RegistryStub(self._channel)
-
-    def close(self) -> None:
-        self._channel.close()
-
-    def __enter__(self) -> RegistryClient:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def _call(self, method: Callable[..., T], request: Any) -> T:
-        try:
-            return method(request, timeout=self.timeout)
-        except grpc.RpcError as e:
-            raise_for_rpc_error(e)
 
     # ---- models
 

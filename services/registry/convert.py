@@ -5,8 +5,9 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Any
 
-from google.protobuf import json_format, struct_pb2, timestamp_pb2
+from google.protobuf import json_format, struct_pb2
 
+from cairn.common.timestamps import to_timestamp
 from cairn.v1 import common_pb2, registry_pb2
 
 from .records import Alias, Artifact, Lineage, LineageEdge, Model, Version, VersionKey, VersionState
@@ -17,14 +18,6 @@ _STATE_TO_PROTO = {
     VersionState.DELETED: registry_pb2.VERSION_STATE_DELETED,
 }
 _STATE_FROM_PROTO = {v: k for k, v in _STATE_TO_PROTO.items()}
-
-
-def _timestamp(value: datetime | None) -> timestamp_pb2.Timestamp | None:
-    if value is None:
-        return None
-    stamp = timestamp_pb2.Timestamp()
-    stamp.FromDatetime(value)
-    return stamp
 
 
 def _datetime(message: Any, field: str) -> datetime | None:
@@ -64,7 +57,7 @@ def artifact_from_proto(message: registry_pb2.Artifact) -> Artifact:
 
 def alias_to_proto(alias: Alias) -> registry_pb2.Alias:
     return registry_pb2.Alias(
-        model=alias.model, alias=alias.alias, version=alias.version, updated_at=_timestamp(alias.updated_at)
+        model=alias.model, alias=alias.alias, version=alias.version, updated_at=to_timestamp(alias.updated_at)
     )
 
 
@@ -77,7 +70,7 @@ def model_to_proto(model: Model) -> registry_pb2.Model:
         name=model.name,
         description=model.description,
         labels=model.labels,
-        created_at=_timestamp(model.created_at),
+        created_at=to_timestamp(model.created_at),
         latest_version=model.latest_version,
         aliases=[alias_to_proto(a) for a in model.aliases],
     )
@@ -116,9 +109,9 @@ def version_to_proto(version: Version) -> registry_pb2.Version:
         aliases=version.aliases,
         digest=version.digest,
         total_size=version.total_size,
-        created_at=_timestamp(version.created_at),
-        finalized_at=_timestamp(version.finalized_at),
-        deleted_at=_timestamp(version.deleted_at),
+        created_at=to_timestamp(version.created_at),
+        finalized_at=to_timestamp(version.finalized_at),
+        deleted_at=to_timestamp(version.deleted_at),
     )
 
 
