@@ -41,6 +41,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
+import gc
 import json
 import re
 import statistics
@@ -540,6 +541,9 @@ class Phases:
 
 
 def release(device: torch.device) -> None:
+    # HF models hold reference cycles: without a collection their weights and
+    # caches outlive the function that built them and eat the next runner's KV budget.
+    gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
 

@@ -119,8 +119,8 @@ def bench_variant(
     with tempfile.TemporaryDirectory() as tmp:
         (Path(tmp) / "config.json").write_text(json.dumps(shape))
         llm = make_llm(Path(tmp), args, quantization, kv_cache_dtype)
+    runner = llm._worker.runner
     try:
-        runner = llm._worker.runner
         load_s = time.perf_counter() - begin
         workload = engine_throughput(llm, prompts, args.output_len)
         mean_len = statistics.fmean(len(p) for p in prompts) + args.output_len
@@ -144,7 +144,9 @@ def bench_variant(
         }
     finally:
         llm.close()
-        del llm
+        # The local `runner` too: while it lives, its weights and KV cache stay allocated
+        # and the next variant finds no memory for its own.
+        del llm, runner
         gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()

@@ -25,6 +25,16 @@ def code_max(dtype: torch.dtype) -> float:
     raise ValueError(f"codes are int8 or float8_e4m3fn, not {dtype}")
 
 
+def scale_for(peak: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """The scale that maps magnitudes `peak` onto the code range of `dtype`.
+
+    Divided by a tensor on `peak`'s device, not a Python number: CUDA torch turns
+    division by a CPU scalar into multiplication by its reciprocal, a bit off
+    the exact division the kernels (and the CPU) do."""
+    limit = torch.full((), code_max(dtype), dtype=peak.dtype, device=peak.device)
+    return (peak / limit).clamp_min(MIN_SCALE)
+
+
 def to_codes(values: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """Already-scaled fp32 values -> codes of `dtype`."""
     if dtype == torch.int8:
@@ -40,5 +50,5 @@ def quantize_activations(
     per-token); with a static per-tensor `scale` (`[1]`), that one."""
     values = x.float()
     if scale is None:
-        scale = (values.abs().amax(dim=-1, keepdim=True) / code_max(dtype)).clamp_min(MIN_SCALE)
+        scale = scale_for(values.abs().amax(dim=-1, keepdim=True), dtype)
     return to_codes(values / scale, dtype), scale

@@ -46,9 +46,12 @@ def scaled_gemm(
     out_dtype: torch.dtype,
 ) -> torch.Tensor:
     """x codes `[M, K]` with scale `[M, 1]` or `[1]`, W codes `[N, K]` with scale `[N]` -> `[M, N]`."""
-    if x_codes.dtype == torch.int8:
+    if x_codes.dtype == torch.int8 and (x_codes.device.type == "cpu" or x_codes.shape[0] > 16):
         # Exact int32 accumulation, as the GPU kernels do.
         product = torch._int_mm(x_codes, w_codes.t()).float()
+    elif x_codes.dtype == torch.int8:
+        # CUDA's _int_mm wants more than 16 rows; float64 holds these int32 sums exactly too.
+        product = (x_codes.double() @ w_codes.double().t()).float()
     else:
         product = x_codes.float() @ w_codes.float().t()
     out = product * x_scale.float() * w_scale.float()

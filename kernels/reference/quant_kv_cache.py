@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from cairn.kernels.reference.quant_codes import MIN_SCALE, code_max, to_codes
+from cairn.kernels.reference.quant_codes import scale_for, to_codes
 
 
 def write_kv_cache_quant(
@@ -30,7 +30,7 @@ def write_kv_cache_quant(
         if scale.numel() == 1:
             divisor = scale.float()
         else:
-            per_head = (values.abs().amax(dim=-1) / code_max(cache.dtype)).clamp_min(MIN_SCALE)
+            per_head = scale_for(values.abs().amax(dim=-1), cache.dtype)
             scale.view(-1, scale.shape[-1]).index_copy_(0, slot_mapping, per_head)
             divisor = per_head.unsqueeze(-1)
         codes = to_codes(values / divisor, cache.dtype)

@@ -13,6 +13,12 @@ import triton.language as tl
 
 LOG2E = 1.4426950408889634
 
+# Arguments describing a step's batch: its sequence count and the alignment of its slices
+# of the runner's metadata buffers change from step to step. Left unspecialized, so one
+# compiled variant serves every step (specializing compiled new ones mid-serving, ~1 s each).
+DECODE_BATCH_ARGS = ["block_tables_ptr", "seq_lens_ptr", "stride_bt"]
+PREFILL_BATCH_ARGS = [*DECODE_BATCH_ARGS, "query_start_loc_ptr", "n_seqs"]
+
 
 def dot_precision(dtype: torch.dtype) -> str:
     # Full fp32 products for fp32 inputs (tf32 would miss fp32 tolerances); ignored for 16-bit inputs.

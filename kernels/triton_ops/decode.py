@@ -16,7 +16,7 @@ import torch
 import triton
 import triton.language as tl
 
-from cairn.kernels.triton_ops.attention_tile import LOG2E, attend_tiles, dot_precision
+from cairn.kernels.triton_ops.attention_tile import DECODE_BATCH_ARGS, LOG2E, attend_tiles, dot_precision
 from cairn.kernels.triton_ops.scratch import scratch
 
 # Best of a sweep on an H200 at head_dim 128, GQA group 4 (bench/results/kernels.json).
@@ -28,7 +28,7 @@ _MAX_SPLITS = 64
 _MIN_ROWS = 16
 
 
-@triton.jit
+@triton.jit(do_not_specialize=DECODE_BATCH_ARGS)
 def _decode_kernel(
     q_ptr,
     k_cache_ptr,

@@ -14,7 +14,7 @@ import torch
 import triton
 import triton.language as tl
 
-from cairn.kernels.triton_ops.attention_tile import LOG2E, attend_tiles, dot_precision
+from cairn.kernels.triton_ops.attention_tile import LOG2E, PREFILL_BATCH_ARGS, attend_tiles, dot_precision
 
 # Best of a sweep on an H200 at head_dim 128, GQA group 4 (bench/results/kernels.json).
 _BLOCK_M = 128
@@ -38,7 +38,7 @@ def _find_sequence(query_start_loc_ptr, tile, n_seqs, BLOCK_Q: tl.constexpr):
     return lo - 1
 
 
-@triton.jit
+@triton.jit(do_not_specialize=PREFILL_BATCH_ARGS)
 def _prefill_kernel(
     q_ptr,
     k_cache_ptr,

@@ -13,7 +13,12 @@ import torch
 import triton
 import triton.language as tl
 
-from cairn.kernels.triton_ops.attention_tile import LOG2E, dot_precision
+from cairn.kernels.triton_ops.attention_tile import (
+    DECODE_BATCH_ARGS,
+    LOG2E,
+    PREFILL_BATCH_ARGS,
+    dot_precision,
+)
 from cairn.kernels.triton_ops.decode import _default_num_splits, _merge_splits_kernel
 from cairn.kernels.triton_ops.prefill import _find_sequence
 
@@ -77,7 +82,7 @@ def _attend_quant_tiles(
     return acc, m_i, l_i
 
 
-@triton.jit
+@triton.jit(do_not_specialize=DECODE_BATCH_ARGS)
 def _decode_quant_kernel(
     q_ptr, k_cache_ptr, v_cache_ptr, k_scale_ptr, v_scale_ptr, block_tables_ptr, seq_lens_ptr,
     out_ptr, part_acc_ptr, part_m_ptr, part_l_ptr, scale_log2e,
@@ -129,7 +134,7 @@ def _decode_quant_kernel(
         tl.store(part_l_ptr + part, l_i, mask=row_mask)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=PREFILL_BATCH_ARGS)
 def _prefill_quant_kernel(
     q_ptr, k_cache_ptr, v_cache_ptr, k_scale_ptr, v_scale_ptr, block_tables_ptr, query_start_loc_ptr,
     seq_lens_ptr, out_ptr, scale_log2e, n_seqs,

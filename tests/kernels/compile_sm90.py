@@ -27,7 +27,14 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 from triton.runtime.jit import JITFunction
 
-from cairn.kernels import build_rope_cache, triton_ops
+from cairn.kernels import build_rope_cache, quant_layout, triton_ops
+from cairn.kernels.triton_ops import (
+    quant_activation,
+    quant_attention,
+    quant_gemm,
+    quant_kv_cache,
+    quant_scaled_gemm,
+)
 
 TARGET = GPUTarget("cuda", 90, 32)
 _TYPES = {
@@ -36,6 +43,8 @@ _TYPES = {
     torch.float32: "fp32",
     torch.int32: "i32",
     torch.int64: "i64",
+    torch.int8: "i8",
+    torch.float8_e4m3fn: "fp8e4nv",
 }
 _OPTIONS = ("num_warps", "num_stages")
 
@@ -61,7 +70,8 @@ def _source(kernel: JITFunction, bound: dict) -> ASTSource:
         value = bound[name]
         if isinstance(value, torch.Tensor):
             signature[name] = "*" + _TYPES[value.dtype]
-            attrs[(index,)] = [["tt.divisibility", 16]]
+            if not kernel.params[index].do_not_specialize:
+                attrs[(index,)] = [["tt.divisibility", 16]]
         elif (
             index in kernel.constexprs
             or isinstance(value, str | bool)
@@ -112,9 +122,46 @@ def _shapes() -> None:
     triton_ops.silu_and_mul_gemv(torch.randn(1, 2 * 4096, dtype=bf16), weight, block_n=64, split_k=4)
 
 
+def _quantized_shapes() -> None:
+    """The quantized kernels (W4A16/W8A16, W8A8-INT8, INT8/FP8 KV cache) at the 8B layout."""
+    bf16, fp8, int8 = torch.bfloat16, torch.float8_e4m3fn, torch.int8
+    x = torch.randn(64, 4096, dtype=bf16)
+    for codes_dtype in (int8, fp8):
+        for static_scale in (None, torch.tensor([0.05])):
+            quant_activation.quantize_activations(x, codes_dtype, static_scale)
+    n, k, group = 256, 4096, 128
+    for bits in (4, 8):
+        qweight = quant_layout.pack_weight(torch.randint(0, 2**bits, (n, k), dtype=torch.int32), bits)
+        scales = torch.rand(k // group, n)
+        for zeros in (None, torch.rand(k // group, n)):
+            for m, split_k in ((1, 4), (64, 1)):
+                quant_gemm.weight_only_gemm(x[:m], qweight, scales, zeros, bits, group, split_k=split_k)
+    x_codes, w_codes = torch.zeros(64, k, dtype=int8), torch.zeros(n, k, dtype=int8)
+    for m in (1, 64):
+        for x_scale, w_scale in ((torch.rand(m, 1), torch.rand(n)), (torch.rand(1), torch.rand(1))):
+            quant_scaled_gemm.scaled_int8_gemm(x_codes[:m], x_scale, w_codes, w_scale, torch.rand(n), bf16)
+    n_heads, n_kv_heads, head_dim, blocks, block_size, tokens = 32, 8, 128, 8, 16, 4
+    k_new = torch.randn(tokens, n_kv_heads, head_dim, dtype=bf16)
+    q = torch.randn(tokens, n_heads, head_dim, dtype=bf16)
+    tables = torch.zeros(tokens, blocks, dtype=torch.int32)
+    seq_lens = torch.full((tokens,), 20, dtype=torch.int32)
+    slots = torch.arange(tokens, dtype=torch.int32)
+    for cache_dtype in (int8, fp8):
+        cache = torch.zeros(blocks, block_size, n_kv_heads, head_dim, dtype=cache_dtype)
+        for scale in (torch.rand(blocks, block_size, n_kv_heads), torch.tensor([0.02])):
+            quant_kv_cache.write_kv_cache_quant(k_new, k_new, cache, cache, scale, scale, slots)
+            for splits in (1, 8):
+                args = (q, cache, cache, scale, scale, tables, seq_lens, 0.1)
+                quant_attention.paged_decode_attention_quant(*args, num_splits=splits)
+            starts = torch.tensor([0, 2, 4], dtype=torch.int32)
+            args = (q, cache, cache, scale, scale, tables[:2], starts, seq_lens[:2], 0.1)
+            quant_attention.prefill_attention_quant(*args)
+
+
 def main() -> None:
     launches = _record()
     _shapes()
+    _quantized_shapes()
     seen, failed = set(), 0
     for kernel, bound, options in launches:
         source = _source(kernel, bound)

@@ -19,10 +19,18 @@ SCRIPT = Path(__file__).with_name("compile_sm90.py")
 KERNELS = {
     "_rotary_cache_kernel": 4,
     "_decode_kernel": 4,
+    "_merge_splits_kernel": 1,
     "_prefill_kernel": 2,
     "_rms_norm_kernel": 2,
     "_silu_and_mul_kernel": 1,
     "_gemv_kernel": 8,
+    # quantized serving (W4A16/W8A16, W8A8-INT8, INT8/FP8 activations and KV cache)
+    "_quantize_rows_kernel": 4,
+    "_weight_only_gemm_kernel": 8,
+    "_scaled_int8_gemm_kernel": 4,
+    "_write_kv_quant_kernel": 4,
+    "_decode_quant_kernel": 8,
+    "_prefill_quant_kernel": 4,
 }
 
 

@@ -229,9 +229,13 @@ def test_mixed_adapter_batches_on_cuda_with_graphs(
         scheduler(loop, tiny_model_dir, adapters, launcher, device="cuda", max_loras=2) as (stub, _),
         ThreadPoolExecutor(len(jobs)) as threads,
     ):
-        outputs = list(threads.map(lambda job: _generate(stub, job[0], job[1], 16), jobs))
+        # Both adapters resident first: a GPU step is fast enough that base-model requests
+        # could otherwise finish while the adapters load, and no step would mix all three.
+        for adapter in ("a", "b"):
+            _generate(stub, PROMPTS[0], adapter, 1)
+        outputs = list(threads.map(lambda job: _generate(stub, job[0], job[1], 32), jobs))
     for (prompt, adapter), tokens in zip(jobs, outputs, strict=True):
-        assert tokens == hf_greedy(tiny_model_dir, adapters.get(adapter), prompt, 16), adapter
+        assert tokens == hf_greedy(tiny_model_dir, adapters.get(adapter), prompt, 32), adapter
     [worker] = launcher.workers
     assert any({"", "a", "b"} <= step for step in worker.steps)
     assert worker.events == [("load", "a"), ("load", "b")] or worker.events == [("load", "b"), ("load", "a")]

@@ -147,7 +147,10 @@ def test_serving_on_cuda_with_graphs_matches_the_cpu_reference(artifact, name) -
     cpu = teacher_forced_logits(make_runner(out), batch, 7)
     eager = make_runner(out, device="cuda", dtype="bfloat16", enforce_eager=True)
     logits = teacher_forced_logits(eager, batch, 7).cpu()
-    assert (logits - cpu).abs().max() < 0.1 * cpu.abs().max()
+    # bf16 activations on the GPU against fp32 on the CPU flip some activation codes: an int8
+    # code step is under 1% of a row's range, an e4m3 one up to 6.25% of the value.
+    tolerance = 0.15 if name.startswith("fp8") else 0.1
+    assert (logits - cpu).abs().max() < tolerance * cpu.abs().max()
     graphs = make_runner(out, device="cuda", dtype="bfloat16")
     assert graphs.graphs is not None
     params = SamplingParams(temperature=0.0, max_tokens=8)

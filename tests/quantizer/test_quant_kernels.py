@@ -112,6 +112,18 @@ def test_triton_activation_quantization_matches_reference(triton_quant, device, 
     torch.testing.assert_close(scales, ref_scales, rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("dtype", [torch.int8, FP8])
+def test_triton_codes_round_like_torch_at_the_edges(triton_quant, device, dtype) -> None:
+    """Ties go to even, a value just under a half rounds down (floor(x + 0.5) gets 0.49999997
+    wrong), out-of-range values saturate; FP8 ties and subnormals round as torch's cast."""
+    edges = [0.49999997, 0.5, 1.5, 2.5, -0.5, -2.5, 126.5, 127.6, -128.6, 1e6, -1e6, 0.0]
+    fp8_edges = [2.0**-9 * 1.5, 2.0**-9 * 2.5, 17.0, 19.0, 232.0, 447.9, 449.0, -0.0029]
+    x = torch.tensor([edges + fp8_edges], device=device)
+    one = torch.tensor([1.0], device=device)
+    codes, _ = triton_quant["activation"].quantize_activations(x, dtype, one)
+    assert_same_codes(codes, quant_codes.quantize_activations(x, dtype, one)[0])
+
+
 # ---- weight-only GEMM
 
 
