@@ -60,7 +60,7 @@ class TensorParallel:
         if self.size == 1:
             return x
         gathered = x.new_empty((self.size * x.shape[0], *x.shape[1:]))
-        dist.all_gather_single(gathered, x.contiguous(), group=self.device_group)
+        dist.all_gather_into_tensor(gathered, x.contiguous(), group=self.device_group)
         return gathered.view(self.size, *x.shape).movedim(0, -2).reshape(*x.shape[:-1], -1)
 
     def broadcast(self, x: torch.Tensor) -> torch.Tensor:
