@@ -658,8 +658,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return args
 
 
-def main(argv: list[str] | None = None) -> None:
-    args = parse_args(sys.argv[1:] if argv is None else argv)
+ModelBench = Callable[[str, torch.device, "Timer", float, dict], dict]
+
+
+def run_models(args: argparse.Namespace, bench: ModelBench) -> dict:
+    """Measures the copy bandwidth, then `bench(name, device, timer, bandwidth, phases)` for each
+    of `args.models`; writes the results with their provenance to `args.out` and returns them
+    (shared with bench/tp.py)."""
     begin = time.perf_counter()
     device = EngineConfig(model="", device=args.device).torch_device()
     timer = Timer(device)
@@ -671,11 +676,20 @@ def main(argv: list[str] | None = None) -> None:
         "phase_seconds": phases,
     }
     for name in args.models:
-        results["models"][name] = bench_model(name, args, device, timer, bandwidth, phases)
+        results["models"][name] = bench(name, device, timer, bandwidth, phases)
     phases["total"] = time.perf_counter() - begin
     write_results(args.out, results)
     print(f"copy bandwidth {bandwidth / 1e9:.0f} GB/s; {phases['total']:.0f} s in all; results in {args.out}")
-    print_table(results)
+    return results
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+
+    def bench(name: str, device: torch.device, timer: Timer, bandwidth: float, phases: dict) -> dict:
+        return bench_model(name, args, device, timer, bandwidth, phases)
+
+    print_table(run_models(args, bench))
 
 
 if __name__ == "__main__":

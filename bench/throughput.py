@@ -32,6 +32,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from types import ModuleType
 
@@ -251,13 +252,19 @@ def print_table(results: dict) -> None:
             )
 
 
-def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
-    """The flags of a reference-workload run through the offline engine (shared with bench/lora.py)."""
-    parser.add_argument("--models", default="0.5b", help=f"comma-separated, of {sorted(SHAPES)}")
+def add_engine_arguments(
+    parser: argparse.ArgumentParser,
+    models: Iterable[str] = SHAPES,
+    default_models: str = "0.5b",
+    device: str = "auto",
+) -> None:
+    """The flags of a reference-workload run through the offline engine (shared with bench/lora.py
+    and bench/tp.py)."""
+    parser.add_argument("--models", default=default_models, help=f"comma-separated, of {sorted(models)}")
     parser.add_argument("--tiny", action="store_true", help="CPU smoke run: tiny shape, small counts, fp32")
     parser.add_argument("--out", type=Path, required=True, help="JSON results path")
     parser.add_argument("--workload", type=Path, help="the reference workload.py (default: shared/bench/)")
-    parser.add_argument("--device", default="auto")
+    parser.add_argument("--device", default=device)
     parser.add_argument("--dtype", default="bfloat16")
     parser.add_argument("--requests", type=int, default=512)
     parser.add_argument("--output-len", type=int, default=256)

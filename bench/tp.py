@@ -41,9 +41,8 @@ import traceback
 from pathlib import Path
 
 import torch
-from engine_decode import SHAPES, Phases, Timer, batch1_decode, copy_bandwidth
-from provenance import provenance, write_results
-from throughput import engine_throughput, load_workload, release_memory
+from engine_decode import SHAPES, Phases, Timer, batch1_decode, run_models
+from throughput import add_engine_arguments, engine_throughput, load_workload, release_memory
 
 from cairn.services.scheduler.offline import LLM
 from cairn.services.worker.engine_config import EngineConfig
@@ -331,40 +330,24 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--models", default="8b", help=f"comma-separated, of {sorted(MODELS)}")
+    add_engine_arguments(parser, MODELS, default_models="8b", device="cuda")
     parser.add_argument("--tp", help="comma-separated tensor-parallel sizes (default 1,2; --tiny: 1,2,4)")
-    parser.add_argument("--tiny", action="store_true", help="CPU smoke run: tiny shape at TP 1,2,4 over gloo")
     parser.add_argument("--quick", action="store_true", help="fewer requests and tokens, for a short lease")
-    parser.add_argument("--out", type=Path, required=True, help="JSON results path")
-    parser.add_argument("--workload", type=Path, help="the reference workload.py (default: shared/bench/)")
-    parser.add_argument("--device", default="cuda")
-    parser.add_argument("--dtype", default="bfloat16")
     parser.add_argument("--prompt-len", type=int, default=128)
     parser.add_argument("--gen-len", type=int, default=256)
     parser.add_argument(
         "--multi-step", type=int, default=8, help="tokens per runner call in the multi-step run"
     )
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--requests", type=int, default=512)
-    parser.add_argument("--output-len", type=int, default=256)
-    parser.add_argument("--workload-vocab", type=int, default=32000, help="token ids are drawn below this")
-    parser.add_argument("--max-num-seqs", type=int, default=512, help="512 seats: the whole workload at once")
-    parser.add_argument("--max-num-batched-tokens", type=int, default=8192)
-    parser.add_argument("--max-model-len", type=int, default=4096)
-    parser.add_argument("--num-scheduler-steps", type=int, default=8, help="decode steps per worker call")
-    parser.add_argument("--gpu-memory-utilization", type=float, default=0.9)
-    parser.add_argument("--cpu-kv-cache-gb", type=float, default=1.0)
     parser.add_argument(
         "--bandwidth-gib", type=float, default=4.0, help="size of the copy that measures bandwidth"
     )
-    parser.add_argument("--enforce-eager", action="store_true")
     parser.add_argument("--hf-tokens", type=int, default=64)
     parser.add_argument("--hf-repeats", type=int, default=2)
     parser.add_argument(
         "--hf-requests", type=int, default=32, help="workload prompts HF generate_batch runs (0: none)"
     )
     parser.add_argument("--skip-hf", action="store_true")
-    parser.add_argument("--commit", help="commit to record when the tree is a copy without .git")
     args = parser.parse_args(argv)
     if args.quick:
         args.repeats, args.gen_len, args.requests, args.hf_tokens, args.hf_repeats = 1, 128, 256, 32, 1
@@ -391,23 +374,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    begin = time.perf_counter()
-    device = EngineConfig(model="", device=args.device).torch_device()
-    timer = Timer(device)
-    bandwidth = copy_bandwidth(device, args.bandwidth_gib, timer)
     workload = load_workload(args.workload)
-    phases: dict[str, float] = {}
-    results = provenance(args, device) | {
-        "copy_bandwidth_bytes_per_s": bandwidth,
-        "models": {},
-        "phase_seconds": phases,
-    }
-    for name in args.models:
-        results["models"][name] = bench_model(name, args, timer, bandwidth, workload, phases)
-    phases["total"] = time.perf_counter() - begin
-    write_results(args.out, results)
-    print(f"copy bandwidth {bandwidth / 1e9:.0f} GB/s; {phases['total']:.0f} s in all; results in {args.out}")
-    print_table(results)
+
+    def bench(name: str, device: torch.device, timer: Timer, bandwidth: float, phases: dict) -> dict:
+        return bench_model(name, args, timer, bandwidth, workload, phases)
+
+    print_table(run_models(args, bench))
 
 
 if __name__ == "__main__":
