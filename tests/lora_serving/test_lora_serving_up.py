@@ -4,16 +4,12 @@ greedy tokens of the PEFT-merged HF model."""
 
 from __future__ import annotations
 
-import os
-import re
-import signal
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import openai
 import pytest
+from cairn_up import cairn_up
 from lora_serving_harness import hf_greedy, make_peft_adapter
 from transformers import AutoTokenizer
 
@@ -32,31 +28,9 @@ def local_adapter(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
 def up(tmp_path_factory: pytest.TempPathFactory, local_adapter: Path) -> Iterator[dict[str, str]]:
     """`cairn up` in a fresh home on free ports with one LoRA module; the addresses it prints."""
     home = tmp_path_factory.mktemp("cairn-home")
-    ports = [f"--{s}-port=0" for s in ("registry", "tokenizer", "scheduler", "router", "http")]
-    proc = subprocess.Popen(
-        [sys.executable, "-P", "-m", "cairn.cli", "up", *ports, "--lora-modules", f"local={local_adapter}"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env={**os.environ, "CAIRN_HOME": str(home), "PYTHONUNBUFFERED": "1"},
-    )
-    seen, addresses = [], {}
-    for line in proc.stdout:
-        seen.append(line)
-        match = re.match(r"\s+(registry|openai api|lora adapters)\s+(\S+)", line)
-        if match:
-            addresses[match.group(1)] = match.group(2)
-        if "Ctrl-C stops every service" in line:
-            break
-    else:
-        proc.wait(timeout=30)
-        pytest.fail("cairn up exited before it was up:\n" + "".join(seen))
-    assert "any peft-adapter of tiny-llama@production in the registry, by name (4 at once)" in "".join(seen)
-    try:
+    with cairn_up(home, "--lora-modules", f"local={local_adapter}") as (addresses, banner):
+        assert "any peft-adapter of tiny-llama@production in the registry, by name (4 at once)" in banner
         yield addresses
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=60) == 0
 
 
 def test_cairn_up_serves_lora_modules_and_registry_adapters(

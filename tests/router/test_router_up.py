@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import re
-import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -15,6 +14,7 @@ from typing import Any
 
 import openai
 import pytest
+from cairn_up import cairn_up
 from transformers import AutoTokenizer
 
 from cairn.services.worker.sampling_params import SamplingParams
@@ -27,33 +27,10 @@ PROMPTS = ["Once upon a time", "The weather today is", "def main():"]
 def up(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
     """`cairn up` in a fresh home on free ports; the addresses its banner prints."""
     home = tmp_path_factory.mktemp("cairn-home")
-    ports = [f"--{s}-port=0" for s in ("registry", "tokenizer", "scheduler", "router", "http")]
-    proc = subprocess.Popen(
-        [sys.executable, "-P", "-m", "cairn.cli", "up", *ports],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env={**os.environ, "CAIRN_HOME": str(home), "PYTHONUNBUFFERED": "1"},
-    )
-    seen, addresses = [], {}
-    for line in proc.stdout:
-        seen.append(line)
-        match = re.match(r"\s+(router|openai api)\s+(\S+)", line)
-        if match:
-            addresses[match.group(1)] = match.group(2)
-        if "Ctrl-C stops every service" in line:
-            break
-    else:
-        proc.wait(timeout=30)
-        pytest.fail("cairn up exited before it was up:\n" + "".join(seen))
-    banner = "".join(seen)
-    assert "curl http" in banner and "OpenAI(base_url=" in banner and "grpcurl -plaintext -d" in banner
-    assert f"cairn chat --router {addresses['router']}" in banner
-    try:
+    with cairn_up(home) as (addresses, banner):
+        assert "curl http" in banner and "OpenAI(base_url=" in banner and "grpcurl -plaintext -d" in banner
+        assert f"cairn chat --router {addresses['router']}" in banner
         yield {"router": addresses["router"], "openai": addresses["openai api"], "home": str(home)}
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=60) == 0
 
 
 @pytest.fixture(scope="module")
