@@ -42,9 +42,8 @@ from pathlib import Path
 
 import torch
 from engine_decode import SHAPES, Phases, Timer, batch1_decode, run_models
-from throughput import add_engine_arguments, engine_throughput, load_workload, release_memory
+from throughput import add_engine_arguments, engine_throughput, load_workload, make_llm, release_memory
 
-from cairn.services.scheduler.offline import LLM
 from cairn.services.worker.engine_config import EngineConfig
 from cairn.services.worker.group import open_runner
 from cairn.services.worker.kv_cache import block_bytes
@@ -133,20 +132,7 @@ def decode(model_dir: Path, tp: int, args: argparse.Namespace, timer: Timer, ban
 def workload_throughput(
     model_dir: Path, tp: int, args: argparse.Namespace, prompts: list[list[int]], output_len: int
 ) -> dict:
-    llm = LLM(
-        str(model_dir),
-        load_format="dummy",
-        device=args.device,
-        dtype=args.dtype,
-        tensor_parallel_size=tp,
-        max_num_seqs=args.max_num_seqs,
-        max_num_batched_tokens=args.max_num_batched_tokens,
-        max_model_len=args.max_model_len,
-        num_scheduler_steps=args.num_scheduler_steps,
-        gpu_memory_utilization=args.gpu_memory_utilization,
-        cpu_kv_cache_gb=args.cpu_kv_cache_gb,
-        enforce_eager=args.enforce_eager,
-    )
+    llm = make_llm(model_dir, args, tensor_parallel_size=tp)
     try:
         return engine_throughput(llm, prompts, output_len)
     finally:

@@ -7,6 +7,7 @@ import asyncio
 import threading
 from collections.abc import Callable, Coroutine
 from contextlib import AbstractAsyncContextManager
+from pathlib import Path
 from typing import Any, TypeVar
 
 from cairn.common.config import ServiceConfig
@@ -72,3 +73,15 @@ class ServiceThread(Served):
     def stop(self) -> None:
         super().stop()
         self.thread.close()
+
+
+def registry_on_loopback(root: Path, loop: LoopThread | None = None) -> Served:
+    """A quiet registry (SQLite and blobs under `root`, no metrics port, warnings only) on an
+    ephemeral loopback port: on `loop`, or on a loop of its own (a `ServiceThread`)."""
+    from cairn.services.registry.config import RegistryConfig
+    from cairn.services.registry.server import registry_services
+
+    config = RegistryConfig(root=root, port=0, metrics_port=0, log_level="WARNING")
+    if loop is None:
+        return ServiceThread(config, registry_services)
+    return Served(loop, config, registry_services)

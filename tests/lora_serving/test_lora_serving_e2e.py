@@ -25,7 +25,7 @@ from typing import Any
 import grpc
 import openai
 import pytest
-from loopback import LoopThread, Served
+from loopback import LoopThread, Served, registry_on_loopback
 from lora_serving_harness import (
     CHATS,
     TRAIN_ARGS,
@@ -40,8 +40,6 @@ from transformers import AutoTokenizer
 from cairn.common.server import start_server
 from cairn.jobs.config import JobsConfig
 from cairn.services.registry.client import RegistryClient
-from cairn.services.registry.config import RegistryConfig
-from cairn.services.registry.server import registry_services
 from cairn.services.router.config import RouterConfig
 from cairn.services.router.server import RouterRuntime
 from cairn.services.scheduler.pool import WorkerPool
@@ -78,10 +76,7 @@ def loop() -> Iterator[LoopThread]:
 @pytest.fixture(scope="module")
 def registry(loop: LoopThread, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RegistryClient]:
     """The registry; workers and the scheduler find it through $CAIRN_REGISTRY, as in a cluster."""
-    config = RegistryConfig(
-        root=tmp_path_factory.mktemp("registry"), port=0, metrics_port=0, log_level="WARNING"
-    )
-    served = Served(loop, config, registry_services)
+    served = registry_on_loopback(tmp_path_factory.mktemp("registry"), loop)
     with pytest.MonkeyPatch.context() as env:
         env.setenv("CAIRN_REGISTRY", served.address)
         env.setenv("CAIRN_HOME", str(tmp_path_factory.mktemp("cairn-home")))

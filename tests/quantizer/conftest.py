@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 import torch
-from loopback import ServiceThread
+from loopback import ServiceThread, registry_on_loopback
 from quant_harness import CALIBRATION, EVALUATION, spec
 
 from cairn.services.quantizer.plan import plan_from_spec
@@ -68,13 +68,7 @@ def artifact(
 
 @pytest.fixture(scope="session")
 def registry_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceThread]:
-    from cairn.services.registry.config import RegistryConfig
-    from cairn.services.registry.server import registry_services
-
-    config = RegistryConfig(
-        root=tmp_path_factory.mktemp("registry"), port=0, metrics_port=0, log_level="WARNING"
-    )
-    service = ServiceThread(config, registry_services)
+    service = registry_on_loopback(tmp_path_factory.mktemp("registry"))
     yield service
     service.stop()
 

@@ -15,12 +15,10 @@ from typing import Any
 
 import grpc
 import pytest
-from loopback import LoopThread, Served
+from loopback import LoopThread, Served, registry_on_loopback
 from tokenizer_harness import SyncClient, build_byte_fallback_tokenizer
 
 from cairn.services.registry.client import RegistryClient
-from cairn.services.registry.config import RegistryConfig
-from cairn.services.registry.server import registry_services
 from cairn.services.tokenizer.client import TokenizerClient
 from cairn.services.tokenizer.config import TokenizerConfig
 from cairn.services.tokenizer.core import TokenizerCore
@@ -94,10 +92,7 @@ def loop_thread() -> Iterator[LoopThread]:
 
 @pytest.fixture(scope="session")
 def registry_server(loop_thread: LoopThread, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
-    config = RegistryConfig(
-        root=tmp_path_factory.mktemp("registry"), port=0, metrics_port=0, log_level="WARNING"
-    )
-    served = Served(loop_thread, config, registry_services)
+    served = registry_on_loopback(tmp_path_factory.mktemp("registry"), loop_thread)
     yield served
     served.stop()
 

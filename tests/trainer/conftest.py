@@ -12,13 +12,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from loopback import ServiceThread
+from loopback import ServiceThread, registry_on_loopback
 from trainer_harness import TrainerFactory, chat_records, preference_records, text_records, write_jsonl
 
 from cairn.jobs.config import JobsConfig
 from cairn.services.registry.client import RegistryClient
-from cairn.services.registry.config import RegistryConfig
-from cairn.services.registry.server import registry_services
 from cairn.services.trainer.client import TrainerClient
 from cairn.services.trainer.config import TrainerConfig
 from cairn.services.trainer.server import trainer_services
@@ -26,10 +24,7 @@ from cairn.services.trainer.server import trainer_services
 
 @pytest.fixture(scope="session")
 def registry_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceThread]:
-    config = RegistryConfig(
-        root=tmp_path_factory.mktemp("registry"), port=0, metrics_port=0, log_level="WARNING"
-    )
-    service = ServiceThread(config, registry_services)
+    service = registry_on_loopback(tmp_path_factory.mktemp("registry"))
     yield service
     service.stop()
 
